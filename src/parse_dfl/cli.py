@@ -1,0 +1,133 @@
+"""The `parse-dfl` command line.
+
+Every mistake in the input ends as one line `parse-dfl: error: <field>: <problem>` and exit
+code 2; nothing is written for a run that did not finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from parse_dfl.errors import UserError
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def accuracy_table(results: list[dict[str, Any]]) -> str:
+    """Methods as rows; per agent type and mean, under both protocols."""
+    types = list(results[0]["by_type"])
+    head = ["method"] + [f"{t} (global)" for t in types] + ["mean (global)"]
+    head += [f"{t} (local)" for t in types] + ["mean (local)", "seconds"]
+    rows = [head]
+    for r in results:
+        row = [r["method"]]
+        row += [f"{100 * r['by_type'].get(t, float('nan')):.1f}" for t in types]
+        row.append(f"{100 * r['mean_accuracy']:.1f}")
+        row += [f"{100 * r['by_type_local'].get(t, float('nan')):.1f}" for t in types]
+        row.append(f"{100 * r['mean_local_accuracy']:.1f}")
+        row.append(f"{r['wall_seconds']:.0f}")
+        rows.append(row)
+    return _table(rows)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from parse_dfl.config import load_config
+    from parse_dfl.experiments.run import run
+
+    cfg = load_config(args.config, args.set)
+    methods = args.methods.split(",") if args.methods else [cfg.method.name]
+    configs = []
+    for name in methods:
+        configs.append(cfg if name == cfg.method.name else load_config(
+            args.config, [*args.set, f"method.name={name.strip()}"]))
+    out = Path(args.out) if args.out else None
+    results = []
+    for c in configs:
+        target = out / c.method.name if (out is not None and len(configs) > 1) else out
+        r = run(c, target, progress=not args.quiet)
+        results.append(r)
+        if not args.quiet:
+            print(f"{c.method.name}: global {100 * r['mean_accuracy']:.1f} %, "
+                  f"local {100 * r['mean_local_accuracy']:.1f} %, {r['wall_seconds']:.0f} s",
+                  file=sys.stderr)
+    first = results[0]
+    print(f"{first['dataset']}: {len(first['agents'])} agents, {first['rounds']} rounds, "
+          f"seed {first['seed']}; accuracy in % (global = all agents' test samples, "
+          f"local = own test split)")
+    print(accuracy_table(results))
+    if out is not None:
+        print(f"run folder: {out}")
+    return 0
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from parse_dfl.data import SOURCES
+
+    rows = [["source", "available", "default modalities", "description"]]
+    for s in SOURCES.values():
+        ok, why = s.available()
+        rows.append([s.name, "yes" if ok else f"no ({why})", "+".join(s.default_modalities),
+                     s.description])
+    print(_table(rows))
+    return 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from parse_dfl.methods import METHODS
+
+    print(_table([["method", "description"]] + [[m.name, m.description] for m in METHODS.values()]))
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from parse_dfl.config import describe_fields
+
+    print(_table([["key", "default", "meaning"]] + [list(r) for r in describe_fields()]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="parse-dfl", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run one config (one or more methods) and write a run folder")
+    r.add_argument("config", help="YAML config file")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.rounds=5 (repeatable)")
+    r.add_argument("--out", help="run folder (with several methods: one subfolder each)")
+    r.add_argument("--methods", help="comma-separated methods to run on the same config")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_cmd_run)
+
+    sub.add_parser("datasets", help="list data sources and whether each is available").set_defaults(
+        func=_cmd_datasets)
+    sub.add_parser("methods", help="list methods").set_defaults(func=_cmd_methods)
+    sub.add_parser("config", help="every config key with its default and meaning").set_defaults(
+        func=_cmd_config)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UserError as e:
+        print(f"parse-dfl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("parse-dfl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

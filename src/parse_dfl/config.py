@@ -1,0 +1,304 @@
+"""Typed, validated run configuration.
+
+Every field has a default and a one-line description (`parse-dfl config --help` prints them).
+Unknown keys and wrong types are refused with a message that names the field. Loading goes
+YAML file -> `--set key=value` overrides -> pydantic validation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from parse_dfl.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    name: str = Field("watch", description="data source (see `parse-dfl datasets`)")
+    modalities: list[str] | None = Field(
+        None, description="modalities to use, in this order; default: the source's default pair"
+    )
+    setting: str = Field(
+        "redundancy",
+        description="synthetic-pid: redundancy | uniqueness0 | uniqueness1 | synergy, or a "
+        "'+'-joined mix such as redundancy+synergy",
+    )
+    path: str | None = Field(None, description="npz: path to the bring-your-own data file")
+    n_samples: int = Field(4000, ge=10, description="synthetic-pid: number of samples")
+    dim: int = Field(32, ge=2, description="synthetic-pid: features per modality")
+    n_classes: int = Field(4, ge=2, description="synthetic-pid: classes per label factor")
+    noise: float = Field(1.0, ge=0, description="synthetic-pid: std of the observation noise")
+    window: int = Field(100, ge=4, description="watch: window length in samples (50 Hz)")
+    step: int = Field(50, ge=1, description="watch: hop between window starts")
+    standardize: bool = Field(True, description="z-score every feature / channel")
+
+
+class AgentsConfig(Section):
+    mix: dict[str, int] = Field(
+        default_factory=lambda: {"acc": 10, "gyro": 10, "acc+gyro": 10},
+        description="agent mix: modality set -> number of agents, e.g. acc:10,gyro:10,acc+gyro:10",
+    )
+    width: int = Field(64, ge=1, description="encoder width (hidden channels / units)")
+    width_by_type: dict[str, int] = Field(
+        default_factory=dict, description="encoder width per agent type, e.g. {acc+gyro: 128}"
+    )
+    width_by_agent: dict[int, int] = Field(
+        default_factory=dict, description="encoder width per agent id (overrides width_by_type)"
+    )
+    placement: Literal["shuffled", "interleaved", "blocks"] = Field(
+        "shuffled",
+        description="where agent types sit on the graph: shuffled (seeded), interleaved "
+        "(round-robin over types), blocks (all agents of a type next to each other)",
+    )
+
+    @field_validator("mix", mode="before")
+    @classmethod
+    def _parse_mix(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            out: dict[str, int] = {}
+            for part in v.split(","):
+                part = part.strip()
+                if not part:
+                    continue
+                if ":" not in part:
+                    raise ValueError(f"'{part}' is not modality-set:count (e.g. acc+gyro:10)")
+                key, _, count = part.rpartition(":")
+                try:
+                    out[key.strip()] = int(count)
+                except ValueError:
+                    raise ValueError(f"count '{count}' of '{key}' is not an integer") from None
+            return out
+        return v
+
+    @field_validator("mix")
+    @classmethod
+    def _check_mix(cls, v: dict[str, int]) -> dict[str, int]:
+        if not v:
+            raise ValueError("the agent mix is empty")
+        for key, count in v.items():
+            mods = key.split("+")
+            if any(not m.strip() for m in mods):
+                raise ValueError(f"'{key}' has an empty modality name")
+            if len(set(mods)) != len(mods):
+                raise ValueError(f"'{key}' repeats a modality")
+            if count < 0:
+                raise ValueError(f"'{key}' has a negative count")
+        if sum(v.values()) == 0:
+            raise ValueError("the agent mix has no agents")
+        return v
+
+
+class PartitionConfig(Section):
+    name: Literal["iid", "dirichlet", "group"] = Field(
+        "iid", description="how samples are dealt to agents: iid | dirichlet | group"
+    )
+    alpha: float = Field(0.5, gt=0, description="dirichlet: concentration (smaller = more skew)")
+    test_fraction: float = Field(
+        0.25, gt=0, lt=1, description="share of each agent's samples held out as its test split"
+    )
+    samples_per_agent: int | None = Field(
+        None, ge=2, description="cap on samples per agent (train + test); default: use all data"
+    )
+    min_train: int = Field(4, ge=1, description="fewest training samples an agent may get")
+
+
+class TopologyConfig(Section):
+    name: Literal[
+        "ring", "chordal-ring", "random-gossip", "erdos-renyi", "torus", "full", "edge-list"
+    ] = Field("ring", description="peer-to-peer graph")
+    p: float = Field(0.2, gt=0, le=1, description="erdos-renyi: edge probability")
+    degree: int = Field(4, ge=1, description="random-gossip: degree of each round's random graph")
+    chord: int | None = Field(None, ge=2, description="chordal-ring: chord length (default sqrt N)")
+    path: str | None = Field(None, description="edge-list: file of 'i j' lines (0-based ids)")
+    holder_graph: Literal["induced", "overlay"] = Field(
+        "induced",
+        description="graph among a block's holders: induced (base graph restricted) or overlay "
+        "(the same generator run over the holders alone)",
+    )
+    mixing: Literal["metropolis-hastings", "uniform", "max-degree"] = Field(
+        "metropolis-hastings", description="mixing weights on a holder graph"
+    )
+
+
+class ModelConfig(Section):
+    split: tuple[int, int, int] = Field(
+        (64, 64, 64), description="slice sizes (unique, redundant, synergistic) of each embedding"
+    )
+    fusion: Literal["mean", "concat", "gated", "attention"] = Field(
+        "mean", description="how synergistic slices of several modalities are fused"
+    )
+    head_hidden: int = Field(0, ge=0, description="hidden units of each head (0 = linear head)")
+    ensemble: Literal["logits", "probs"] = Field(
+        "logits", description="ensemble of heads: mean of logits or mean of probabilities"
+    )
+
+    @field_validator("split")
+    @classmethod
+    def _check_split(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(x < 1 for x in v):
+            raise ValueError("every slice needs at least one unit")
+        return v
+
+
+class MethodConfig(Section):
+    name: str = Field("parse", description="method (see `parse-dfl methods`)")
+    lambda_h: float = Field(0.5, ge=0, description="parse: weight of the per-head CE terms")
+    beta: float = Field(0.1, ge=0, description="parse: weight of the alignment loss")
+    tau: float = Field(0.2, gt=0, description="parse: InfoNCE temperature")
+    align: bool = Field(True, description="parse: use the alignment / separation loss")
+    redundant_head_scope: Literal["all", "modality", "type", "none"] = Field(
+        "all",
+        description="parse: who averages the redundant head: all agents, agents sharing a "
+        "modality, agents of the same type, or nobody",
+    )
+    share_unique_heads: bool = Field(True, description="parse: average unique heads among holders")
+    share_synergy: bool = Field(True, description="parse: average fusion+synergy head per type")
+    common_init: bool = Field(
+        True, description="every shared block starts from the same values on all its holders"
+    )
+
+
+class TrainConfig(Section):
+    rounds: int = Field(40, ge=1, description="communication rounds")
+    local_steps: int = Field(5, ge=0, description="local optimisation steps per round")
+    batch_size: int = Field(32, ge=1, description="mini-batch size")
+    lr: float = Field(0.01, gt=0, description="learning rate")
+    optimizer: Literal["sgd", "adam"] = Field("adam", description="local optimiser")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd: momentum")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay")
+    eval_every: int = Field(5, ge=1, description="evaluate every this many rounds (and the last)")
+
+
+class EngineConfig(Section):
+    name: str = Field("reference", description="engine that runs the rounds (see docs)")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, or auto")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch)")
+
+
+class Config(Section):
+    seed: int = Field(0, description="seed for data split, models, batches and random graphs")
+    data: DataConfig = Field(default_factory=DataConfig)
+    agents: AgentsConfig = Field(default_factory=AgentsConfig)
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    topology: TopologyConfig = Field(default_factory=TopologyConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> Config:
+        from parse_dfl.data import SOURCES
+        from parse_dfl.engines import ENGINES
+        from parse_dfl.methods import METHODS
+
+        for where, value, known in (
+            ("data.name", self.data.name, SOURCES),
+            ("method.name", self.method.name, METHODS),
+            ("engine.name", self.engine.name, ENGINES),
+        ):
+            if value not in known:
+                raise ValueError(f"{where}: unknown '{value}' (choose from {', '.join(known)})")
+        if self.topology.name == "edge-list" and not self.topology.path:
+            raise ValueError("topology.path: edge-list needs a path to the edge file")
+        return self
+
+
+def _format_validation_error(err: ValidationError) -> UserError:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if ": " in msg and not loc and msg.split(": ", 1)[0].count(".") >= 1:
+        loc, msg = msg.split(": ", 1)
+    inp = first.get("input")
+    if first["type"] not in ("extra_forbidden", "missing", "value_error") and not isinstance(
+        inp, dict
+    ):
+        msg = f"{msg} (got {inp!r})"
+    more = len(err.errors()) - 1
+    if more:
+        msg += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return UserError(loc or "config", msg)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (['a', 'b'], value), the value read as YAML (numbers, booleans, lists)."""
+    if "=" not in text:
+        raise UserError("--set", f"'{text}' is not key=value")
+    key, _, raw = text.partition("=")
+    path = [p for p in key.strip().split(".")]
+    if not all(path):
+        raise UserError("--set", f"'{key}' is not a dotted key such as train.rounds")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise UserError(".".join(path), f"'{part}' is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(str(path), "config file not found")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or "malformed YAML"
+        raise UserError(where, f"malformed YAML: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(str(path), "the config must be a mapping of sections")
+    return raw
+
+
+def build_config(raw: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise _format_validation_error(e) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML file (or start from defaults), apply `--set` overrides, validate."""
+    raw = read_yaml(path) if path is not None else {}
+    return build_config(apply_overrides(raw, list(overrides or [])))
+
+
+def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every field: the config reference."""
+    rows: list[tuple[str, str, str]] = []
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(describe_fields(ann, f"{prefix}{name}."))
+        else:
+            default = info.get_default(call_default_factory=True)
+            rows.append((f"{prefix}{name}", repr(default), info.description or ""))
+    return rows

@@ -1,0 +1,176 @@
+"""Bring your own data: one .npz file (see docs/byod.md).
+
+Layout of the file given as data.path (written with np.savez / np.savez_compressed):
+
+    x_<modality>  float array, first axis = samples, one key per modality:
+                  2-D (N, D)        -> kind "vector"
+                  3-D (N, C, T)     -> kind "series" (channels, time steps)
+                  4-D (N, C, H, W)  -> kind "image"  (channels, height, width)
+    y             integer labels 0..K-1, shape (N,)
+    groups        optional integer group per sample (e.g. subject id), shape (N,)
+    class_names   optional string array of length K (then K = len(class_names),
+                  otherwise K = max(y) + 1)
+
+Modality names are what follows "x_" (letters, digits, '_' and '-'). Any other key is refused,
+so a typo is not silently ignored. The file is read with allow_pickle=False: object arrays are
+refused. Every problem with the file is reported as one UserError naming data.path.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from parse_dfl.data.base import Kind, MultimodalDataset, Source, register
+from parse_dfl.errors import UserError
+
+if TYPE_CHECKING:
+    from parse_dfl.config import DataConfig
+
+WHERE = "data.path"
+KIND_BY_NDIM: dict[int, Kind] = {2: "vector", 3: "series", 4: "image"}
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_OPTIONAL = ("groups", "class_names")
+
+
+def available() -> tuple[bool, str]:
+    return True, ""
+
+
+def _fail(path: Path | str, problem: str) -> UserError:
+    return UserError(WHERE, f"{path}: {problem}")
+
+
+def _read(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the file, read eagerly so a truncated member fails here."""
+    try:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise _fail(path, "this is a single .npy array, not an .npz archive (use np.savez)")
+        with f:
+            return {k: f[k] for k in f.files}
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise _fail(path, "contains object arrays; store plain numeric / string arrays") from None
+        raise _fail(path, f"not a valid .npz file ({e})") from None
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, KeyError) as e:
+        raise _fail(path, f"not a valid .npz file or truncated ({e})") from None
+
+
+def _labels(path: Path, y: np.ndarray) -> np.ndarray:
+    if y.ndim != 1:
+        raise _fail(path, f"'y' must be one-dimensional (one label per sample), got shape {y.shape}")
+    if y.dtype.kind in "iu":
+        out = y.astype(np.int64)
+    elif y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all():
+        out = y.astype(np.int64)
+    else:
+        raise _fail(path, f"'y' must hold integer class labels 0..K-1, got dtype {y.dtype}")
+    if out.size and out.min() < 0:
+        raise _fail(path, f"'y' has negative labels (min {out.min()}); use 0..K-1")
+    return out
+
+
+def load(cfg: DataConfig) -> MultimodalDataset:
+    if not cfg.path:
+        raise UserError(WHERE, "the npz source needs data.path (the .npz file to load)")
+    path = Path(cfg.path).expanduser()
+    if not path.exists():
+        raise _fail(path, "no such file")
+    if not path.is_file():
+        raise _fail(path, "not a file")
+    arrays = _read(path)
+
+    unknown = [k for k in arrays if not k.startswith("x_") and k not in ("y", *_OPTIONAL)]
+    if unknown:
+        raise _fail(
+            path,
+            f"unexpected key(s) {', '.join(repr(k) for k in unknown)}; expected x_<modality>, y, "
+            "and optionally groups, class_names",
+        )
+    xs = {k[2:]: v for k, v in arrays.items() if k.startswith("x_")}
+    if not xs:
+        raise _fail(path, "no modality arrays: name them x_<modality>, e.g. x_acc")
+    if "y" not in arrays:
+        raise _fail(path, "no labels: add an integer array 'y'")
+    labels = _labels(path, arrays["y"])
+    n = labels.shape[0]
+    if n == 0:
+        raise _fail(path, "'y' is empty: the file has no samples")
+
+    modalities: dict[str, np.ndarray] = {}
+    kinds: dict[str, Kind] = {}
+    for name, x in xs.items():
+        key = f"x_{name}"
+        if not _NAME.match(name):
+            raise _fail(path, f"'{key}': modality names may use only letters, digits, '_' and '-'")
+        if x.dtype.kind not in "biuf":
+            raise _fail(path, f"'{key}' must be numeric, got dtype {x.dtype}")
+        if x.ndim not in KIND_BY_NDIM:
+            raise _fail(
+                path,
+                f"'{key}' has shape {x.shape}: use 2 axes (N, D), 3 (N, C, T) or 4 (N, C, H, W)",
+            )
+        if x.shape[0] != n:
+            raise _fail(path, f"'{key}' has {x.shape[0]} samples but 'y' has {n} labels")
+        x = x.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise _fail(path, f"'{key}' contains NaN or infinite values (or values beyond float32)")
+        modalities[name] = x
+        kinds[name] = KIND_BY_NDIM[x.ndim]
+
+    groups = None
+    if "groups" in arrays:
+        g = arrays["groups"]
+        if g.dtype.kind not in "iu":
+            raise _fail(path, f"'groups' must be integers, got dtype {g.dtype}")
+        if g.shape != (n,):
+            raise _fail(path, f"'groups' must have shape ({n},), got {g.shape}")
+        groups = g.astype(np.int64)
+
+    n_classes = int(labels.max()) + 1
+    class_names: list[str] = []
+    if "class_names" in arrays:
+        cn = arrays["class_names"]
+        if cn.dtype.kind not in "US" or cn.ndim != 1:
+            raise _fail(path, "'class_names' must be a one-dimensional string array")
+        class_names = [c.decode() if isinstance(c, bytes) else str(c) for c in cn.tolist()]
+        if len(class_names) < n_classes:
+            raise _fail(
+                path,
+                f"'class_names' names {len(class_names)} classes but 'y' goes up to "
+                f"{n_classes - 1}",
+            )
+        n_classes = len(class_names)
+    if n_classes < 2:
+        raise _fail(path, "'y' has only one class; a classifier needs at least two")
+
+    try:
+        return MultimodalDataset(
+            name=path.stem,
+            modalities=modalities,
+            kinds=kinds,
+            labels=labels,
+            n_classes=n_classes,
+            groups=groups,
+            class_names=class_names,
+        )
+    except UserError as e:
+        raise _fail(path, e.problem) from None
+
+
+SOURCE = register(
+    Source(
+        name="npz",
+        load=load,
+        available=available,
+        description="bring your own data: an .npz file with x_<modality> arrays and labels y "
+        "(data.path; see docs/byod.md)",
+        default_modalities=(),
+    )
+)

@@ -1,0 +1,10 @@
+"""Engines by name: how rounds are executed (methods say what is shared)."""
+
+from __future__ import annotations
+
+from parse_dfl.engines.base import Engine, EngineResult
+from parse_dfl.engines.reference import ReferenceEngine
+
+ENGINES: dict[str, type[Engine]] = {e.name: e for e in (ReferenceEngine,)}
+
+__all__ = ["ENGINES", "Engine", "EngineResult"]

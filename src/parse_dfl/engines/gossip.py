@@ -1,0 +1,54 @@
+"""Which mixing matrix each holder group uses in a round, and what that costs in bytes.
+
+Engines differ in how they apply W to the holders' parameters; they share this schedule, so
+every engine mixes with exactly the same matrices.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from parse_dfl.engines.setup import BlockGroup
+from parse_dfl.graph import Topology, components, mixing_matrix, neighbour_counts
+
+
+class GossipSchedule:
+    def __init__(self, topology: Topology, groups: list[BlockGroup], rule: str) -> None:
+        self.topology = topology
+        self.groups = groups
+        self.rule = rule
+        self._cache: dict[int, tuple[sp.csr_matrix, np.ndarray]] = {}
+
+    def mixing(self, k: int, round_: int) -> tuple[sp.csr_matrix, np.ndarray]:
+        """(W over the holders of group k, number of neighbours of each holder) in this round."""
+        if not self.topology.time_varying and k in self._cache:
+            return self._cache[k]
+        g = self.groups[k]
+        graph = self.topology.holder_graph(g.holders, g.tags, round_)
+        W = mixing_matrix(graph, self.rule)
+        out = (W, neighbour_counts(W))
+        if not self.topology.time_varying:
+            self._cache[k] = out
+        return out
+
+    def bytes_sent(self, round_: int, n_agents: int) -> np.ndarray:
+        """Bytes each agent sends in this round: every block to every holder-graph neighbour."""
+        sent = np.zeros(n_agents, dtype=np.int64)
+        for k, g in enumerate(self.groups):
+            _, deg = self.mixing(k, round_)
+            np.add.at(sent, np.asarray(g.holders), deg * g.nbytes)
+        return sent
+
+    def describe(self) -> dict[str, dict[str, int]]:
+        """Holders, links and connected components of each holder graph (round 1)."""
+        out = {}
+        for g in self.groups:
+            graph = self.topology.holder_graph(g.holders, g.tags, 1)
+            out[g.label] = {
+                "holders": len(g.holders),
+                "links": graph.number_of_edges(),
+                "components": components(graph),
+                "numel": g.numel,
+            }
+        return out

@@ -1,0 +1,15 @@
+"""One exception type for every mistake a user can make, so the CLI can print one line and exit 2."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input from the user (config, data file, command line): reported as one line, exit code 2.
+
+    `where` names the config field or file at fault, so the message points at what to fix.
+    """
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where = where
+        self.problem = problem
+        super().__init__(f"{where}: {problem}" if where else problem)

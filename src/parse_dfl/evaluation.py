@@ -1,0 +1,55 @@
+"""Accuracy under both protocols, summarised per agent type.
+
+- global: every agent on the union of all agents' held-out samples, with its own modalities;
+- local: every agent on its own held-out samples.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from parse_dfl.data.partition import AgentSpec
+from parse_dfl.methods import Method
+
+
+@torch.no_grad()
+def accuracy(
+    method: Method,
+    model: nn.Module,
+    modalities: Sequence[str],
+    x: dict[str, torch.Tensor],
+    y: torch.Tensor,
+    idx: torch.Tensor,
+    chunk: int = 4096,
+) -> float:
+    """Share of samples `idx` that the agent's model classifies correctly."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(idx), chunk):
+        part = idx[start : start + chunk]
+        logits = method.logits(model, {m: x[m][part] for m in modalities})
+        correct += int((logits.argmax(dim=-1) == y[part]).sum())
+    model.train(was_training)
+    return correct / max(1, len(idx))
+
+
+def type_order(agents: Sequence[AgentSpec], modalities: Sequence[str]) -> list[str]:
+    """Agent types sorted by size, then by the config order of their modalities."""
+    types = {a.type: a.modalities for a in agents}
+    return sorted(types, key=lambda t: (len(types[t]), [modalities.index(m) for m in types[t]]))
+
+
+def by_type(
+    agents: Sequence[AgentSpec], values: Sequence[float], modalities: Sequence[str]
+) -> dict[str, float]:
+    """Mean of a per-agent value for each agent type (keys like 'acc+gyro')."""
+    groups: dict[str, list[float]] = defaultdict(list)
+    for a, v in zip(agents, values, strict=True):
+        groups[a.type].append(float(v))
+    return {t: float(np.mean(groups[t])) for t in type_order(agents, modalities)}

@@ -1,0 +1,11 @@
+"""Methods by name. A method = model builder + loss + share plan (see base.py)."""
+
+from __future__ import annotations
+
+from parse_dfl.methods.base import Method, Share, SharePlan
+from parse_dfl.methods.local import LocalMethod
+from parse_dfl.methods.parse import ParseMethod
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (ParseMethod, LocalMethod)}
+
+__all__ = ["METHODS", "Method", "Share", "SharePlan"]

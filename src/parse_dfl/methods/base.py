@@ -1,0 +1,61 @@
+"""What a method is: a model builder, a loss, and a share plan. Engines run any method.
+
+A method never communicates. It only says, for each agent and each block of that agent's
+model, with whom the block may be averaged (a `Share`) or that it stays local (`None`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from parse_dfl.config import Config
+from parse_dfl.data.base import MultimodalDataset
+from parse_dfl.data.partition import AgentSpec
+
+
+@dataclass(frozen=True)
+class Share:
+    """How one agent shares one block.
+
+    Holders of the same block with the same `group` and the same parameter shapes average
+    together. Two holders may be linked only if their `tags` intersect (empty tags: any holder).
+    """
+
+    group: str = "all"
+    tags: frozenset[str] = frozenset()
+
+
+SharePlan = dict[str, Share | None]
+
+
+class Method(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    def __init__(self, cfg: Config, ds: MultimodalDataset) -> None:
+        self.cfg = cfg
+        self.modalities = tuple(ds.modalities)
+        self.kinds = dict(ds.kinds)
+        self.input_shapes = {m: ds.input_shape(m) for m in ds.modalities}
+        self.n_classes = ds.n_classes
+
+    @abstractmethod
+    def build_model(self, agent: AgentSpec) -> nn.Module:
+        """The agent's model; must provide `block_prefixes()` (see models/blocks.py)."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, x: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """Scalar training loss on one mini-batch of the agent's own modalities."""
+
+    @abstractmethod
+    def logits(self, model: nn.Module, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Class scores (argmax = prediction) from the agent's own modalities."""
+
+    @abstractmethod
+    def share_plan(self, agent: AgentSpec, model: nn.Module) -> SharePlan:
+        """Block name -> Share (averaged with other holders) or None (kept local)."""

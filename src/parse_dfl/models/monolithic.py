@@ -1,0 +1,52 @@
+"""The usual multimodal model: encoders -> one shared embedding (mean) -> one classifier.
+
+Used by the baselines. With `modalities` = every modality of the dataset (dsgd-task), a
+modality the agent lacks is fed as zeros, so all agents have the same shape and can average
+every parameter; otherwise only the agent's own encoders exist.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from parse_dfl.models.encoders import build_encoder, build_head
+
+
+class FusionClassifier(nn.Module):
+    def __init__(
+        self,
+        modalities: tuple[str, ...],
+        kinds: dict[str, str],
+        input_shapes: dict[str, tuple[int, ...]],
+        width: int,
+        embed_dim: int,
+        n_classes: int,
+        head_hidden: int = 0,
+    ) -> None:
+        super().__init__()
+        self.modalities = modalities
+        self.input_shapes = input_shapes
+        self.encoders = nn.ModuleDict(
+            {m: build_encoder(kinds[m], input_shapes[m], width, embed_dim) for m in modalities}
+        )
+        self.classifier = build_head(embed_dim, n_classes, head_hidden)
+
+    def block_prefixes(self) -> dict[str, list[str]]:
+        blocks = {f"enc.{m}": [f"encoders.{m}"] for m in self.modalities}
+        blocks["classifier"] = ["classifier"]
+        return blocks
+
+    def embed(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = next(iter(x.values())).shape[0]
+        ref = next(iter(x.values()))
+        feats = []
+        for m in self.modalities:
+            xm = x.get(m)
+            if xm is None:  # a modality this agent does not hold: zero-filled
+                xm = ref.new_zeros((batch, *self.input_shapes[m]))
+            feats.append(self.encoders[m](xm))
+        return torch.stack(feats, dim=1).mean(dim=1)
+
+    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.classifier(self.embed(x))

@@ -1,0 +1,88 @@
+"""The PARSE model of one agent, top to bottom.
+
+    x_m --E_m--> h_m = [u_m | r_m | s_m]          feature fission, one encoder per modality
+    u_m -> g_m            unique head, one per modality
+    mean_m r_m -> g_r     redundant head (a unimodal agent uses its one r_m)
+    Fuse({s_m}) -> g_s    synergy head, only with two or more modalities
+    prediction = ensemble of the available heads (mean of logits, or of probabilities)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from parse_dfl.models.encoders import build_encoder, build_head
+from parse_dfl.models.fusion import build_fusion
+
+
+@dataclass
+class ParseOutput:
+    """Everything the loss needs: the ensemble, each head's logits, and each modality's slices."""
+
+    ensemble: torch.Tensor
+    heads: dict[str, torch.Tensor]
+    unique: dict[str, torch.Tensor]
+    redundant: dict[str, torch.Tensor]
+    synergy: dict[str, torch.Tensor]
+
+
+class ParseModel(nn.Module):
+    def __init__(
+        self,
+        modalities: tuple[str, ...],
+        kinds: dict[str, str],
+        input_shapes: dict[str, tuple[int, ...]],
+        width: int,
+        split: tuple[int, int, int],
+        n_classes: int,
+        fusion: str = "mean",
+        head_hidden: int = 0,
+        ensemble: str = "logits",
+    ) -> None:
+        super().__init__()
+        self.modalities = modalities
+        self.split = tuple(split)
+        self.ensemble_rule = ensemble
+        d_u, d_r, d_s = split
+        dim = d_u + d_r + d_s
+        self.encoders = nn.ModuleDict(
+            {m: build_encoder(kinds[m], input_shapes[m], width, dim) for m in modalities}
+        )
+        self.unique_heads = nn.ModuleDict(
+            {m: build_head(d_u, n_classes, head_hidden) for m in modalities}
+        )
+        self.redundant_head = build_head(d_r, n_classes, head_hidden)
+        self.multimodal = len(modalities) >= 2
+        if self.multimodal:
+            self.fusion = build_fusion(fusion, len(modalities), d_s)
+            self.synergy_head = build_head(d_s, n_classes, head_hidden)
+
+    def block_prefixes(self) -> dict[str, list[str]]:
+        blocks = {f"enc.{m}": [f"encoders.{m}"] for m in self.modalities}
+        blocks |= {f"head.unique.{m}": [f"unique_heads.{m}"] for m in self.modalities}
+        blocks["head.redundant"] = ["redundant_head"]
+        if self.multimodal:
+            blocks["synergy"] = ["fusion", "synergy_head"]
+        return blocks
+
+    def forward(self, x: dict[str, torch.Tensor]) -> ParseOutput:
+        d_u, d_r, _ = self.split
+        unique, redundant, synergy = {}, {}, {}
+        for m in self.modalities:
+            h = self.encoders[m](x[m])
+            unique[m], redundant[m], synergy[m] = h[:, :d_u], h[:, d_u : d_u + d_r], h[:, d_u + d_r :]
+        heads = {f"unique.{m}": self.unique_heads[m](unique[m]) for m in self.modalities}
+        r = torch.stack([redundant[m] for m in self.modalities], dim=1).mean(dim=1)
+        heads["redundant"] = self.redundant_head(r)
+        if self.multimodal:
+            s = self.fusion(torch.stack([synergy[m] for m in self.modalities], dim=1))
+            heads["synergy"] = self.synergy_head(s)
+        stacked = torch.stack(list(heads.values()), dim=0)
+        if self.ensemble_rule == "probs":
+            ensemble = torch.log(torch.softmax(stacked, dim=-1).mean(dim=0).clamp_min(1e-12))
+        else:
+            ensemble = stacked.mean(dim=0)
+        return ParseOutput(ensemble, heads, unique, redundant, synergy)
