@@ -49,6 +49,15 @@ def _fail(path: Path | str, problem: str) -> UserError:
 def _read(path: Path) -> dict[str, np.ndarray]:
     """Every array of the file, read eagerly so a truncated member fails here."""
     try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as e:
+        raise _fail(path, f"cannot read the file ({e.strerror or e})") from None
+    if magic.startswith(b"\x93NUMPY"):
+        raise _fail(path, "this is a single .npy array, not an .npz archive (use np.savez)")
+    if not magic.startswith(b"PK"):
+        raise _fail(path, "not an .npz file (it is not a zip archive; write it with np.savez)")
+    try:
         f = np.load(path, allow_pickle=False)
         if not isinstance(f, np.lib.npyio.NpzFile):
             raise _fail(path, "this is a single .npy array, not an .npz archive (use np.savez)")
@@ -56,7 +65,9 @@ def _read(path: Path) -> dict[str, np.ndarray]:
             return {k: f[k] for k in f.files}
     except ValueError as e:
         if "allow_pickle" in str(e):
-            raise _fail(path, "contains object arrays; store plain numeric / string arrays") from None
+            raise _fail(
+                path, "contains object arrays; store plain numeric / string arrays"
+            ) from None
         raise _fail(path, f"not a valid .npz file ({e})") from None
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error, KeyError) as e:
         raise _fail(path, f"not a valid .npz file or truncated ({e})") from None
@@ -64,13 +75,13 @@ def _read(path: Path) -> dict[str, np.ndarray]:
 
 def _labels(path: Path, y: np.ndarray) -> np.ndarray:
     if y.ndim != 1:
-        raise _fail(path, f"'y' must be one-dimensional (one label per sample), got shape {y.shape}")
-    if y.dtype.kind in "iu":
-        out = y.astype(np.int64)
-    elif y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all():
-        out = y.astype(np.int64)
-    else:
+        raise _fail(
+            path, f"'y' must be one-dimensional (one label per sample), got shape {y.shape}"
+        )
+    whole_floats = y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all()
+    if y.dtype.kind not in "iu" and not whole_floats:
         raise _fail(path, f"'y' must hold integer class labels 0..K-1, got dtype {y.dtype}")
+    out = y.astype(np.int64)
     if out.size and out.min() < 0:
         raise _fail(path, f"'y' has negative labels (min {out.min()}); use 0..K-1")
     return out
@@ -118,9 +129,12 @@ def load(cfg: DataConfig) -> MultimodalDataset:
             )
         if x.shape[0] != n:
             raise _fail(path, f"'{key}' has {x.shape[0]} samples but 'y' has {n} labels")
-        x = x.astype(np.float32)
         if not np.isfinite(x).all():
-            raise _fail(path, f"'{key}' contains NaN or infinite values (or values beyond float32)")
+            raise _fail(path, f"'{key}' contains NaN or infinite values")
+        with np.errstate(over="ignore"):
+            x = x.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise _fail(path, f"'{key}' has values too large for float32 (beyond 3.4e38)")
         modalities[name] = x
         kinds[name] = KIND_BY_NDIM[x.ndim]
 

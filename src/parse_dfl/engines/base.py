@@ -55,6 +55,10 @@ class Engine(ABC):
         """Take ownership of the freshly built, commonly initialised models."""
 
     @abstractmethod
+    def enter_stage(self, stage: int) -> None:
+        """A multi-stage method moves on: hand it the models, then regroup and re-optimise."""
+
+    @abstractmethod
     def local_round(self, round_: int) -> float:
         """Every agent takes its local steps; returns the mean training loss."""
 
@@ -75,7 +79,11 @@ class Engine(ABC):
         acc: tuple[list[float], list[float]] = ([], [])
         bar = tqdm(range(1, cfg.train.rounds + 1), desc=f"{cfg.method.name}", disable=not progress,
                    unit="round", leave=False)
+        stage = 0
         for t in bar:
+            if setup.method.stage_of(t) != stage:
+                stage = setup.method.stage_of(t)
+                self.enter_stage(stage)
             loss = self.local_round(t)
             self.gossip(t)
             sent += self.schedule.bytes_sent(t, len(agents))

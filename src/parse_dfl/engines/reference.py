@@ -12,20 +12,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from parse_dfl.config import TrainConfig
 from parse_dfl.engines.base import Engine
+from parse_dfl.engines.gossip import GossipSchedule
+from parse_dfl.engines.setup import holder_groups
 from parse_dfl.evaluation import accuracy
+from parse_dfl.models.blocks import param_blocks
 
 
-def make_optimizer(model: nn.Module, train_cfg) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, train_cfg: TrainConfig, lr_scale: dict[str, float] | None = None
+) -> torch.optim.Optimizer:
+    """The agent's optimiser; `lr_scale` (block -> factor) gives blocks their own rate."""
+    scale = lr_scale or {}
+    groups = [
+        {"params": [dict(model.named_parameters())[n] for n in names], "lr": train_cfg.lr * scale.get(b, 1.0)}
+        for b, names in param_blocks(model).items()
+    ]
     if train_cfg.optimizer == "adam":
-        return torch.optim.Adam(
-            model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
-        )
+        return torch.optim.Adam(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     return torch.optim.SGD(
-        model.parameters(),
-        lr=train_cfg.lr,
-        momentum=train_cfg.momentum,
-        weight_decay=train_cfg.weight_decay,
+        groups, lr=train_cfg.lr, momentum=train_cfg.momentum, weight_decay=train_cfg.weight_decay
     )
 
 
@@ -34,8 +41,22 @@ class ReferenceEngine(Engine):
 
     def adopt(self, models: list[nn.Module]) -> None:
         self.models = models
-        self.optimizers = [make_optimizer(m, self.setup.cfg.train) for m in models]
         self.params = [dict(m.named_parameters()) for m in models]
+        self._make_optimizers()
+
+    def _make_optimizers(self) -> None:
+        s = self.setup
+        self.optimizers = []
+        for agent, model in zip(s.agents, self.models, strict=True):
+            scale = {b: s.method.lr_scale(agent, b) for b in param_blocks(model)}
+            self.optimizers.append(make_optimizer(model, s.cfg.train, scale))
+
+    def enter_stage(self, stage: int) -> None:
+        s = self.setup
+        s.method.enter_stage(stage, s.agents, self.models)
+        self.groups = holder_groups(s, self.models)
+        self.schedule = GossipSchedule(s.topology, self.groups, s.cfg.topology.mixing)
+        self._make_optimizers()
 
     def local_round(self, round_: int) -> float:
         s = self.setup

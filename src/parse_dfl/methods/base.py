@@ -59,3 +59,16 @@ class Method(ABC):
     @abstractmethod
     def share_plan(self, agent: AgentSpec, model: nn.Module) -> SharePlan:
         """Block name -> Share (averaged with other holders) or None (kept local)."""
+
+    # Multi-stage methods (e.g. harmony) override these; single-stage methods need none.
+    def stage_of(self, round_: int) -> int:
+        """The stage a round belongs to; engines call `enter_stage` when it changes."""
+        return 0
+
+    def enter_stage(self, stage: int, agents: list[AgentSpec], models: list[nn.Module]) -> None:
+        """Called before the first round of `stage` (> 0) with every agent's model; may
+        change parameters and the method's own state (the share plan is asked again after)."""
+
+    def lr_scale(self, agent: AgentSpec, block: str) -> float:
+        """Multiplier of the learning rate for one block of one agent (in the current stage)."""
+        return 1.0
