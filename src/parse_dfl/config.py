@@ -34,7 +34,7 @@ class DataConfig(Section):
     n_samples: int = Field(4000, ge=10, description="synthetic-pid: number of samples")
     dim: int = Field(32, ge=2, description="synthetic-pid: features per modality")
     n_classes: int = Field(4, ge=2, description="synthetic-pid: classes per label factor")
-    noise: float = Field(1.0, ge=0, description="synthetic-pid: std of the observation noise")
+    noise: float = Field(2.0, ge=0, description="synthetic-pid: std of the observation noise")
     window: int = Field(100, ge=4, description="watch: window length in samples (50 Hz)")
     step: int = Field(50, ge=1, description="watch: hop between window starts")
     standardize: bool = Field(True, description="z-score every feature / channel")

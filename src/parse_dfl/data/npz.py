@@ -49,20 +49,18 @@ def _fail(path: Path | str, problem: str) -> UserError:
 def _read(path: Path) -> dict[str, np.ndarray]:
     """Every array of the file, read eagerly so a truncated member fails here."""
     try:
+        # Open the file ourselves: np.load leaks its own handle when the zip is broken.
         with open(path, "rb") as fh:
             magic = fh.read(6)
-    except OSError as e:
-        raise _fail(path, f"cannot read the file ({e.strerror or e})") from None
-    if magic.startswith(b"\x93NUMPY"):
-        raise _fail(path, "this is a single .npy array, not an .npz archive (use np.savez)")
-    if not magic.startswith(b"PK"):
-        raise _fail(path, "not an .npz file (it is not a zip archive; write it with np.savez)")
-    try:
-        f = np.load(path, allow_pickle=False)
-        if not isinstance(f, np.lib.npyio.NpzFile):
-            raise _fail(path, "this is a single .npy array, not an .npz archive (use np.savez)")
-        with f:
-            return {k: f[k] for k in f.files}
+            if magic.startswith(b"\x93NUMPY"):
+                raise _fail(path, "this is a single .npy array, not an .npz archive (use np.savez)")
+            if not magic.startswith(b"PK"):
+                raise _fail(
+                    path, "not an .npz file (it is not a zip archive; write it with np.savez)"
+                )
+            fh.seek(0)
+            with np.load(fh, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
     except ValueError as e:
         if "allow_pickle" in str(e):
             raise _fail(
