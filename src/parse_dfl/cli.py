@@ -92,7 +92,13 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 def _cmd_config(args: argparse.Namespace) -> int:
     from parse_dfl.config import describe_fields
 
-    print(_table([["key", "default", "meaning"]] + [list(r) for r in describe_fields()]))
+    rows = [list(r) for r in describe_fields()]
+    if args.markdown:
+        print("| key | default | meaning |\n|---|---|---|")
+        for key, default, doc in rows:
+            print(f"| `{key}` | `{default}` | {doc.replace('|', '/')} |")
+    else:
+        print(_table([["key", "default", "meaning"], *rows]))
     return 0
 
 
@@ -112,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("datasets", help="list data sources and whether each is available").set_defaults(
         func=_cmd_datasets)
     sub.add_parser("methods", help="list methods").set_defaults(func=_cmd_methods)
-    sub.add_parser("config", help="every config key with its default and meaning").set_defaults(
-        func=_cmd_config)
+    c = sub.add_parser("config", help="every config key with its default and meaning")
+    c.add_argument("--markdown", action="store_true", help="as a Markdown table")
+    c.set_defaults(func=_cmd_config)
     return p
 
 
