@@ -69,7 +69,9 @@ def test_dsgd_task_gives_every_agent_every_encoder_and_shares_everything() -> No
         assert [g.holders for g in groups[block]] == [everyone]
 
 
-@pytest.mark.parametrize("name,classifier_shared", [("dsgd-modality", False), ("dsgd-hybrid", True)])
+@pytest.mark.parametrize(
+    "name,classifier_shared", [("dsgd-modality", False), ("dsgd-hybrid", True)]
+)
 def test_dsgd_modality_and_hybrid_share_encoders_by_modality(
     name: str, classifier_shared: bool
 ) -> None:

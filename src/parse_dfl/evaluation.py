@@ -53,3 +53,10 @@ def by_type(
     for a, v in zip(agents, values, strict=True):
         groups[a.type].append(float(v))
     return {t: float(np.mean(groups[t])) for t in type_order(agents, modalities)}
+
+
+def update_conflict(uni: torch.Tensor, multi: torch.Tensor) -> float:
+    """Mean cosine over all (unimodal, multimodal) pairs of local updates to one block."""
+    u = torch.nn.functional.normalize(uni.double(), dim=1)
+    m = torch.nn.functional.normalize(multi.double(), dim=1)
+    return float((u @ m.T).mean())

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 from tqdm import tqdm
 
 from parse_dfl.engines.gossip import GossipSchedule
 from parse_dfl.engines.sampling import BatchSampler
 from parse_dfl.engines.setup import Setup, build_models, common_init, holder_groups
-from parse_dfl.evaluation import by_type
+from parse_dfl.evaluation import by_type, update_conflict
 
 
 @dataclass
@@ -70,6 +72,28 @@ class Engine(ABC):
     def evaluate(self) -> tuple[list[float], list[float]]:
         """(global, local) test accuracy of every agent."""
 
+    @abstractmethod
+    def block_rows(self, k: int) -> torch.Tensor:
+        """The holders' current copies of group k's block, flattened: (holders, numel)."""
+
+    @abstractmethod
+    def agent_models(self) -> list[nn.Module]:
+        """Every agent's model as a plain nn.Module (for saving and diagnostics)."""
+
+    def conflicts(self, before: dict[int, torch.Tensor]) -> dict[str, float]:
+        """Gradient conflict per shared block: mean cosine between the local updates of its
+        unimodal and its multimodal holders (negative = they pull the block apart)."""
+        agents = self.setup.agents
+        out: dict[str, float] = {}
+        for k, rows in before.items():
+            g = self.groups[k]
+            multi = torch.tensor([len(agents[a].modalities) > 1 for a in g.holders])
+            if multi.all() or not multi.any():
+                continue
+            delta = self.block_rows(k) - rows
+            out[g.label] = update_conflict(delta[~multi], delta[multi])
+        return out
+
     def run(self, progress: bool = True) -> EngineResult:
         setup, cfg = self.setup, self.setup.cfg
         agents, mods = setup.agents, list(setup.data.modalities)
@@ -84,10 +108,13 @@ class Engine(ABC):
             if setup.method.stage_of(t) != stage:
                 stage = setup.method.stage_of(t)
                 self.enter_stage(stage)
+            evaluating = t % cfg.train.eval_every == 0 or t == cfg.train.rounds
+            before = {k: self.block_rows(k).clone() for k in range(len(self.groups))} if evaluating else {}
             loss = self.local_round(t)
+            conflict = self.conflicts(before) if evaluating else {}
             self.gossip(t)
             sent += self.schedule.bytes_sent(t, len(agents))
-            if t % cfg.train.eval_every == 0 or t == cfg.train.rounds:
+            if evaluating:
                 acc = self.evaluate()
                 history.append(
                     {
@@ -99,6 +126,7 @@ class Engine(ABC):
                         "by_type_local": by_type(agents, acc[1], mods),
                         "bytes_sent": int(sent.sum()),
                         "seconds": time.perf_counter() - start,
+                        "conflict": conflict,
                     }
                 )
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{np.mean(acc[0]):.3f}")

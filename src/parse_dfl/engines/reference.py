@@ -75,13 +75,20 @@ class ReferenceEngine(Engine):
                 losses.append(float(loss.detach()))
         return sum(losses) / max(1, len(losses))
 
+    def block_rows(self, k: int) -> torch.Tensor:
+        g = self.groups[k]
+        return torch.stack(
+            [torch.cat([self.params[a][n].detach().reshape(-1) for n in g.params]) for a in g.holders]
+        )
+
+    def agent_models(self) -> list[nn.Module]:
+        return self.models
+
     @torch.no_grad()
     def gossip(self, round_: int) -> None:
         for k, g in enumerate(self.groups):
             W, _ = self.schedule.mixing(k, round_)
-            stacked = torch.stack(
-                [torch.cat([self.params[a][n].reshape(-1) for n in g.params]) for a in g.holders]
-            )
+            stacked = self.block_rows(k)
             mixed = torch.as_tensor(W.toarray(), dtype=stacked.dtype, device=stacked.device) @ stacked
             for row, a in enumerate(g.holders):
                 offset = 0

@@ -1,7 +1,7 @@
 """One run: config -> setup -> engine -> results.json (+ the resolved config) in a run folder.
 
-Nothing is written until the run has finished: results.json and config.yaml appear
-together, atomically, so a folder with results.json is always a finished run.
+Nothing is written until the run has finished: models.pt, config.yaml and then
+results.json appear, each atomically, so a folder with results.json is always a finished run.
 """
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
+from torch import nn
 
-from parse_dfl.config import Config
+from parse_dfl.config import Config, build_config
 from parse_dfl.engines import ENGINES
-from parse_dfl.engines.setup import build_setup
+from parse_dfl.engines.setup import Setup, build_models, build_setup
+from parse_dfl.errors import UserError
 from parse_dfl.evaluation import by_type
 
 
@@ -35,6 +38,34 @@ def atomic_write(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_models(path: Path, models: list[nn.Module]) -> None:
+    """Every agent's final parameters, as tensors only (loaded with weights_only=True)."""
+    state = {f"{a}.{k}": v.detach().cpu() for a, m in enumerate(models) for k, v in m.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_run(run_dir: str | Path) -> tuple[dict[str, Any], Setup, list[nn.Module]]:
+    """A finished run folder -> (results, setup, trained models), rebuilt from its config."""
+    run_dir = Path(run_dir)
+    res_path = run_dir / "results.json"
+    if not res_path.is_file():
+        raise UserError(str(run_dir), "not a finished run folder (no results.json)")
+    if not (run_dir / "models.pt").is_file():
+        raise UserError(str(run_dir), "the run folder has no models.pt")
+    results = json.loads(res_path.read_text())
+    cfg = build_config(results["config"])
+    setup = build_setup(cfg)
+    models = build_models(setup)
+    state = torch.load(run_dir / "models.pt", map_location=setup.device, weights_only=True)
+    for a, model in enumerate(models):
+        prefix = f"{a}."
+        model.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    return results, setup, models
 
 
 def run(cfg: Config, out: Path | None = None, progress: bool = True) -> dict[str, Any]:
@@ -83,6 +114,7 @@ def run(cfg: Config, out: Path | None = None, progress: bool = True) -> dict[str
     }
     if out is not None:
         out = Path(out)
+        save_models(out / "models.pt", engine.agent_models())
         atomic_write(out / "config.yaml", yaml.safe_dump(results["config"], sort_keys=False))
         atomic_write(out / "results.json", json.dumps(results, indent=2))
     return results

@@ -13,9 +13,10 @@ clients only, with clients clustered by their *modality bias*. Without a server,
            with the mean of its heads' logits.
   stage 1  the next W = max(1, round(warmup_fraction * (R - R1))) rounds  fusion warm-up
            multimodal agents only: a fusion classifier on the concatenated embeddings of
-           the encoders (Harmony's fusion module), CE loss; encoders fine-tuned at lr * encoder_lr_scale and no longer
-           shared; classifier local. At entry each multimodal agent records its encoders'
-           weights (the end of modality-wise training) as its anchor.
+           the encoders (Harmony's fusion module), CE loss; encoders fine-tuned at
+           lr * encoder_lr_scale and no longer shared; classifier local. At entry each
+           multimodal agent records its encoders' weights (the end of modality-wise
+           training) as its anchor.
   stage 2  the remaining rounds                                   clustered fusion
            at entry, each multimodal agent's modality bias = (1 - cos(enc_m now, enc_m at
            anchor)) for m in its modalities; agents of one multimodal type are clustered on
