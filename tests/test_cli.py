@@ -19,23 +19,59 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_quick_run_beats_chance_on_basic_motions(tmp_path) -> None:
     out = tmp_path / "run"
-    assert main(["run", "configs/quick.yaml", "--out", str(out), "--quiet", "--set", "train.rounds=15"]) == 0
+    assert (
+        main(
+            ["run", "configs/quick.yaml", "--out", str(out), "--quiet", "--set", "train.rounds=15"]
+        )
+        == 0
+    )
     res = json.loads((out / "results.json").read_text())
     assert res["mean_accuracy"] > 0.6  # chance: 0.25
     assert set(res["by_type"]) == {"acc", "gyro", "acc+gyro"}
-    for key in ("agents", "by_type_local", "mean_local_accuracy", "history", "bytes_sent", "wall_seconds",
-                "holder_graphs", "config"):
+    for key in (
+        "agents",
+        "by_type_local",
+        "mean_local_accuracy",
+        "history",
+        "bytes_sent",
+        "wall_seconds",
+        "holder_graphs",
+        "config",
+    ):
         assert key in res
-    assert {"id", "modalities", "test_accuracy", "local_test_accuracy", "n_train", "n_test"} <= set(res["agents"][0])
+    assert {"id", "modalities", "test_accuracy", "local_test_accuracy", "n_train", "n_test"} <= set(
+        res["agents"][0]
+    )
     assert (out / "config.yaml").is_file()
 
 
 def test_quick_run_beats_chance_on_watch(tmp_path) -> None:
     out = tmp_path / "watch"
-    code = main(["run", "configs/quick.yaml", "--quiet", "--out", str(out), "--methods", "parse,local",
-                 "--set", "data.name=watch", "--set", "agents.mix=acc:3,gyro:3,acc+gyro:3",
-                 "--set", "train.rounds=10", "--set", "train.local_steps=10", "--set", "train.batch_size=32",
-                 "--set", "agents.width=32", "--set", "partition.samples_per_agent=150"])
+    code = main(
+        [
+            "run",
+            "configs/quick.yaml",
+            "--quiet",
+            "--out",
+            str(out),
+            "--methods",
+            "parse,local",
+            "--set",
+            "data.name=watch",
+            "--set",
+            "agents.mix=acc:3,gyro:3,acc+gyro:3",
+            "--set",
+            "train.rounds=10",
+            "--set",
+            "train.local_steps=10",
+            "--set",
+            "train.batch_size=32",
+            "--set",
+            "agents.width=32",
+            "--set",
+            "partition.samples_per_agent=150",
+        ]
+    )
     assert code == 0
     for method in ("parse", "local"):
         res = json.loads((out / method / "results.json").read_text())
@@ -52,7 +88,10 @@ def test_quick_run_beats_chance_on_watch(tmp_path) -> None:
         (["--set", "data.modalities=[acc,sonar]"], "data.modalities"),
         (["--set", "train.bogus=1"], "train.bogus"),
         (["--set", "data.name=npz"], "data.path"),
-        (["--set", "topology.name=edge-list", "--set", "topology.path=/nonexistent"], "topology.path"),
+        (
+            ["--set", "topology.name=edge-list", "--set", "topology.path=/nonexistent"],
+            "topology.path",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args: list[str], needle: str) -> None:

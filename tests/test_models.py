@@ -18,12 +18,16 @@ def batch(mods: tuple[str, ...], n: int = 5) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("fusion", ["mean", "concat", "gated", "attention"])
-@pytest.mark.parametrize("mods", [("acc",), ("img",), ("vec",), ("acc", "gyro"), ("acc", "img", "vec")])
+@pytest.mark.parametrize(
+    "mods", [("acc",), ("img",), ("vec",), ("acc", "gyro"), ("acc", "img", "vec")]
+)
 def test_output_shapes(fusion: str, mods: tuple[str, ...]) -> None:
     model = ParseModel(mods, KINDS, SHAPES, width=8, split=(4, 6, 5), n_classes=7, fusion=fusion)
     out = model(batch(mods))
     assert out.ensemble.shape == (5, 7)
-    expected = {f"unique.{m}" for m in mods} | {"redundant"} | ({"synergy"} if len(mods) > 1 else set())
+    expected = (
+        {f"unique.{m}" for m in mods} | {"redundant"} | ({"synergy"} if len(mods) > 1 else set())
+    )
     assert set(out.heads) == expected
     for m in mods:
         assert out.unique[m].shape == (5, 4)

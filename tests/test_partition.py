@@ -13,7 +13,9 @@ from tests.conftest import quick_config
 
 @pytest.mark.parametrize("scheme", ["iid", "dirichlet"])
 def test_counts_and_disjoint_shards(scheme: str) -> None:
-    cfg = quick_config(f"partition.name={scheme}", "partition.alpha=1.0", "agents.mix=acc:3,gyro:2,acc+gyro:4")
+    cfg = quick_config(
+        f"partition.name={scheme}", "partition.alpha=1.0", "agents.mix=acc:3,gyro:2,acc+gyro:4"
+    )
     ds = load_dataset(cfg.data)
     agents = partition(ds, cfg)
     types = [a.type for a in agents]
@@ -21,7 +23,9 @@ def test_counts_and_disjoint_shards(scheme: str) -> None:
     everything = np.concatenate([np.concatenate([a.train_idx, a.test_idx]) for a in agents])
     assert len(everything) == len(np.unique(everything)), "a sample was dealt twice"
     assert all(len(a.test_idx) >= 1 and len(a.train_idx) >= cfg.partition.min_train for a in agents)
-    assert np.array_equal(global_test_indices(agents), np.sort(np.concatenate([a.test_idx for a in agents])))
+    assert np.array_equal(
+        global_test_indices(agents), np.sort(np.concatenate([a.test_idx for a in agents]))
+    )
 
 
 def test_deterministic_for_a_seed() -> None:
@@ -34,7 +38,9 @@ def test_deterministic_for_a_seed() -> None:
 
 
 def test_group_partition_keeps_subjects_apart() -> None:
-    cfg = quick_config("data.name=watch", "partition.name=group", "agents.mix=acc:4,gyro:3,acc+gyro:3")
+    cfg = quick_config(
+        "data.name=watch", "partition.name=group", "agents.mix=acc:4,gyro:3,acc+gyro:3"
+    )
     ds = load_dataset(cfg.data)
     agents = partition(ds, cfg)
     assert ds.groups is not None
@@ -44,11 +50,20 @@ def test_group_partition_keeps_subjects_apart() -> None:
 
 def test_dirichlet_skews_labels() -> None:
     ds = load_dataset(quick_config("data.name=watch").data)
+
     def skew(alpha: float) -> float:
-        cfg = quick_config("data.name=watch", "partition.name=dirichlet", f"partition.alpha={alpha}",
-                           "partition.min_train=2")
-        shares = [np.bincount(ds.labels[a.train_idx], minlength=7) / len(a.train_idx) for a in partition(ds, cfg)]
+        cfg = quick_config(
+            "data.name=watch",
+            "partition.name=dirichlet",
+            f"partition.alpha={alpha}",
+            "partition.min_train=2",
+        )
+        shares = [
+            np.bincount(ds.labels[a.train_idx], minlength=7) / len(a.train_idx)
+            for a in partition(ds, cfg)
+        ]
         return float(np.mean([s.max() for s in shares]))
+
     assert skew(0.1) > skew(100.0) + 0.2
 
 

@@ -16,7 +16,10 @@ def engine_for(*overrides: str):
 
 def block_rows(engine, group) -> torch.Tensor:
     return torch.stack(
-        [torch.cat([engine.params[a][n].detach().reshape(-1) for n in group.params]) for a in group.holders]
+        [
+            torch.cat([engine.params[a][n].detach().reshape(-1) for n in group.params])
+            for a in group.holders
+        ]
     )
 
 

@@ -17,8 +17,12 @@ from parse_dfl.errors import UserError
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in rows]
+    lines = [
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -48,8 +52,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     methods = args.methods.split(",") if args.methods else [cfg.method.name]
     configs = []
     for name in methods:
-        configs.append(cfg if name == cfg.method.name else load_config(
-            args.config, [*args.set, f"method.name={name.strip()}"]))
+        configs.append(
+            cfg
+            if name == cfg.method.name
+            else load_config(args.config, [*args.set, f"method.name={name.strip()}"])
+        )
     out = Path(args.out) if args.out else None
     results = []
     for c in configs:
@@ -57,13 +64,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         r = run(c, target, progress=not args.quiet)
         results.append(r)
         if not args.quiet:
-            print(f"{c.method.name}: global {100 * r['mean_accuracy']:.1f} %, "
-                  f"local {100 * r['mean_local_accuracy']:.1f} %, {r['wall_seconds']:.0f} s",
-                  file=sys.stderr)
+            print(
+                f"{c.method.name}: global {100 * r['mean_accuracy']:.1f} %, "
+                f"local {100 * r['mean_local_accuracy']:.1f} %, {r['wall_seconds']:.0f} s",
+                file=sys.stderr,
+            )
     first = results[0]
-    print(f"{first['dataset']}: {len(first['agents'])} agents, {first['rounds']} rounds, "
-          f"seed {first['seed']}; accuracy in % (global = all agents' test samples, "
-          f"local = own test split)")
+    print(
+        f"{first['dataset']}: {len(first['agents'])} agents, {first['rounds']} rounds, "
+        f"seed {first['seed']}; accuracy in % (global = all agents' test samples, "
+        f"local = own test split)"
+    )
     print(accuracy_table(results))
     if out is not None:
         print(f"run folder: {out}")
@@ -76,8 +87,9 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     rows = [["source", "available", "default modalities", "description"]]
     for s in SOURCES.values():
         ok, why = s.available()
-        rows.append([s.name, "yes" if ok else f"no ({why})", "+".join(s.default_modalities),
-                     s.description])
+        rows.append(
+            [s.name, "yes" if ok else f"no ({why})", "+".join(s.default_modalities), s.description]
+        )
     print(_table(rows))
     return 0
 
@@ -108,15 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run one config (one or more methods) and write a run folder")
     r.add_argument("config", help="YAML config file")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.rounds=5 (repeatable)")
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.rounds=5 (repeatable)",
+    )
     r.add_argument("--out", help="run folder (with several methods: one subfolder each)")
     r.add_argument("--methods", help="comma-separated methods to run on the same config")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_run)
 
     sub.add_parser("datasets", help="list data sources and whether each is available").set_defaults(
-        func=_cmd_datasets)
+        func=_cmd_datasets
+    )
     sub.add_parser("methods", help="list methods").set_defaults(func=_cmd_methods)
     c = sub.add_parser("config", help="every config key with its default and meaning")
     c.add_argument("--markdown", action="store_true", help="as a Markdown table")

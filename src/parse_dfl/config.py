@@ -291,7 +291,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return build_config(apply_overrides(raw, list(overrides or [])))
 
 
-def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+def describe_fields(
+    model: type[BaseModel] = Config, prefix: str = ""
+) -> list[tuple[str, str, str]]:
     """(dotted key, default, description) for every field: the config reference."""
     rows: list[tuple[str, str, str]] = []
     for name, info in model.model_fields.items():

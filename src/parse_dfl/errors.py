@@ -1,4 +1,4 @@
-"""One exception type for every mistake a user can make, so the CLI can print one line and exit 2."""
+"""One exception type for every mistake a user can make: the CLI prints one line, exits 2."""
 
 from __future__ import annotations
 

@@ -28,7 +28,9 @@ def load_dataset(cfg: DataConfig) -> MultimodalDataset:
     """Load the configured source, keep the configured modalities, standardize."""
     source = SOURCES.get(cfg.name)
     if source is None:
-        raise UserError("data.name", f"unknown source '{cfg.name}' (choose from {', '.join(SOURCES)})")
+        raise UserError(
+            "data.name", f"unknown source '{cfg.name}' (choose from {', '.join(SOURCES)})"
+        )
     ok, why = source.available()
     if not ok:
         raise UserError("data.name", f"source '{cfg.name}' is not available: {why}")

@@ -46,7 +46,7 @@ class MultimodalDataset:
         return tuple(self.modalities[modality].shape[1:])
 
     def validate(self, where: str = "data") -> None:
-        """Refuse data a model cannot learn from: wrong ranks, mismatched counts, NaN, bad labels."""
+        """Refuse data a model cannot learn from: bad ranks, mismatched counts, NaN, bad labels."""
         if not self.modalities:
             raise UserError(where, "the dataset has no modalities")
         n = self.labels.shape[0]

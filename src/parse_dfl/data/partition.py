@@ -127,13 +127,12 @@ def partition(ds: MultimodalDataset, cfg: Config) -> list[AgentSpec]:
     pc = cfg.partition
     need = pc.min_train + 1
     pool = np.arange(ds.n_samples)
-    if pc.samples_per_agent is not None:
-        if pc.samples_per_agent * n > ds.n_samples:
-            raise UserError(
-                "agents.mix",
-                f"{n} agents x {pc.samples_per_agent} samples per agent need "
-                f"{pc.samples_per_agent * n} samples, but '{ds.name}' has {ds.n_samples}",
-            )
+    if pc.samples_per_agent is not None and pc.samples_per_agent * n > ds.n_samples:
+        raise UserError(
+            "agents.mix",
+            f"{n} agents x {pc.samples_per_agent} samples per agent need "
+            f"{pc.samples_per_agent * n} samples, but '{ds.name}' has {ds.n_samples}",
+        )
     if n * need > ds.n_samples:
         raise UserError(
             "agents.mix",
@@ -146,7 +145,9 @@ def partition(ds: MultimodalDataset, cfg: Config) -> list[AgentSpec]:
         shards = _shards_dirichlet(pool, ds.labels, n, pc.alpha, need, rng)
     else:
         if ds.groups is None:
-            raise UserError("partition.name", f"'group' needs a dataset with groups; '{ds.name}' has none")
+            raise UserError(
+                "partition.name", f"'group' needs a dataset with groups; '{ds.name}' has none"
+            )
         shards = _shards_group(pool, ds.groups, n, rng)
     if pc.samples_per_agent is not None:
         shards = [s[: pc.samples_per_agent] for s in shards]
@@ -162,7 +163,9 @@ def partition(ds: MultimodalDataset, cfg: Config) -> list[AgentSpec]:
                 f"than {need}; use fewer agents, another partition, or lower partition.min_train",
             )
         type_key = "+".join(mods)
-        width = cfg.agents.width_by_agent.get(a, cfg.agents.width_by_type.get(type_key, cfg.agents.width))
+        width = cfg.agents.width_by_agent.get(
+            a, cfg.agents.width_by_type.get(type_key, cfg.agents.width)
+        )
         agents.append(
             AgentSpec(
                 id=a,

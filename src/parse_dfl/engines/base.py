@@ -101,15 +101,24 @@ class Engine(ABC):
         history: list[dict[str, Any]] = []
         start = time.perf_counter()
         acc: tuple[list[float], list[float]] = ([], [])
-        bar = tqdm(range(1, cfg.train.rounds + 1), desc=f"{cfg.method.name}", disable=not progress,
-                   unit="round", leave=False)
+        bar = tqdm(
+            range(1, cfg.train.rounds + 1),
+            desc=f"{cfg.method.name}",
+            disable=not progress,
+            unit="round",
+            leave=False,
+        )
         stage = 0
         for t in bar:
             if setup.method.stage_of(t) != stage:
                 stage = setup.method.stage_of(t)
                 self.enter_stage(stage)
             evaluating = t % cfg.train.eval_every == 0 or t == cfg.train.rounds
-            before = {k: self.block_rows(k).clone() for k in range(len(self.groups))} if evaluating else {}
+            before = (
+                {k: self.block_rows(k).clone() for k in range(len(self.groups))}
+                if evaluating
+                else {}
+            )
             loss = self.local_round(t)
             conflict = self.conflicts(before) if evaluating else {}
             self.gossip(t)

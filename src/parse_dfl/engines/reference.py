@@ -26,7 +26,10 @@ def make_optimizer(
     """The agent's optimiser; `lr_scale` (block -> factor) gives blocks their own rate."""
     scale = lr_scale or {}
     groups = [
-        {"params": [dict(model.named_parameters())[n] for n in names], "lr": train_cfg.lr * scale.get(b, 1.0)}
+        {
+            "params": [dict(model.named_parameters())[n] for n in names],
+            "lr": train_cfg.lr * scale.get(b, 1.0),
+        }
         for b, names in param_blocks(model).items()
     ]
     if train_cfg.optimizer == "adam":
@@ -78,7 +81,10 @@ class ReferenceEngine(Engine):
     def block_rows(self, k: int) -> torch.Tensor:
         g = self.groups[k]
         return torch.stack(
-            [torch.cat([self.params[a][n].detach().reshape(-1) for n in g.params]) for a in g.holders]
+            [
+                torch.cat([self.params[a][n].detach().reshape(-1) for n in g.params])
+                for a in g.holders
+            ]
         )
 
     def agent_models(self) -> list[nn.Module]:
@@ -89,7 +95,9 @@ class ReferenceEngine(Engine):
         for k, g in enumerate(self.groups):
             W, _ = self.schedule.mixing(k, round_)
             stacked = self.block_rows(k)
-            mixed = torch.as_tensor(W.toarray(), dtype=stacked.dtype, device=stacked.device) @ stacked
+            mixed = (
+                torch.as_tensor(W.toarray(), dtype=stacked.dtype, device=stacked.device) @ stacked
+            )
             for row, a in enumerate(g.holders):
                 offset = 0
                 for n in g.params:
@@ -101,6 +109,10 @@ class ReferenceEngine(Engine):
         s = self.setup
         glob, loc = [], []
         for a, agent in enumerate(s.agents):
-            glob.append(accuracy(s.method, self.models[a], agent.modalities, s.x, s.y, s.global_test))
-            loc.append(accuracy(s.method, self.models[a], agent.modalities, s.x, s.y, s.test_idx[a]))
+            glob.append(
+                accuracy(s.method, self.models[a], agent.modalities, s.x, s.y, s.global_test)
+            )
+            loc.append(
+                accuracy(s.method, self.models[a], agent.modalities, s.x, s.y, s.test_idx[a])
+            )
         return glob, loc

@@ -42,7 +42,11 @@ def atomic_write(path: Path, text: str) -> None:
 
 def save_models(path: Path, models: list[nn.Module]) -> None:
     """Every agent's final parameters, as tensors only (loaded with weights_only=True)."""
-    state = {f"{a}.{k}": v.detach().cpu() for a, m in enumerate(models) for k, v in m.state_dict().items()}
+    state = {
+        f"{a}.{k}": v.detach().cpu()
+        for a, m in enumerate(models)
+        for k, v in m.state_dict().items()
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
@@ -64,7 +68,9 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], Setup, list[nn.Module
     state = torch.load(run_dir / "models.pt", map_location=setup.device, weights_only=True)
     for a, model in enumerate(models):
         prefix = f"{a}."
-        model.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        model.load_state_dict(
+            {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        )
     return results, setup, models
 
 
@@ -105,7 +111,9 @@ def run(cfg: Config, out: Path | None = None, progress: bool = True) -> dict[str
         "global_test_size": int(len(setup.global_test)),
         "history": res.history,
         "bytes_sent": int(res.bytes_sent.sum()),
-        "bytes_sent_per_round_per_agent": float(res.bytes_sent.sum() / len(agents) / cfg.train.rounds),
+        "bytes_sent_per_round_per_agent": float(
+            res.bytes_sent.sum() / len(agents) / cfg.train.rounds
+        ),
         "holder_graphs": res.holder_graphs,
         "wall_seconds": time.perf_counter() - start,
         "train_seconds": res.wall_seconds,

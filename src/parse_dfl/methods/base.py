@@ -68,6 +68,7 @@ class Method(ABC):
     def enter_stage(self, stage: int, agents: list[AgentSpec], models: list[nn.Module]) -> None:
         """Called before the first round of `stage` (> 0) with every agent's model; may
         change parameters and the method's own state (the share plan is asked again after)."""
+        return None
 
     def lr_scale(self, agent: AgentSpec, block: str) -> float:
         """Multiplier of the learning rate for one block of one agent (in the current stage)."""

@@ -7,6 +7,8 @@ every parameter; otherwise only the agent's own encoders exist.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -17,8 +19,8 @@ class FusionClassifier(nn.Module):
     def __init__(
         self,
         modalities: tuple[str, ...],
-        kinds: dict[str, str],
-        input_shapes: dict[str, tuple[int, ...]],
+        kinds: Mapping[str, str],
+        input_shapes: Mapping[str, tuple[int, ...]],
         width: int,
         embed_dim: int,
         n_classes: int,

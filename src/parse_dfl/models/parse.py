@@ -1,13 +1,15 @@
 """The PARSE model of one agent, top to bottom.
 
-    x_m --E_m--> h_m = [u_m | r_m | s_m]          feature fission, one encoder per modality
-    u_m -> g_m            unique head, one per modality
-    mean_m r_m -> g_r     redundant head (a unimodal agent uses its one r_m)
-    Fuse({s_m}) -> g_s    synergy head, only with two or more modalities
-    prediction = ensemble of the available heads (mean of logits, or of probabilities)
+x_m --E_m--> h_m = [u_m | r_m | s_m]          feature fission, one encoder per modality
+u_m -> g_m            unique head, one per modality
+mean_m r_m -> g_r     redundant head (a unimodal agent uses its one r_m)
+Fuse({s_m}) -> g_s    synergy head, only with two or more modalities
+prediction = ensemble of the available heads (mean of logits, or of probabilities)
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from dataclasses import dataclass
 
@@ -33,8 +35,8 @@ class ParseModel(nn.Module):
     def __init__(
         self,
         modalities: tuple[str, ...],
-        kinds: dict[str, str],
-        input_shapes: dict[str, tuple[int, ...]],
+        kinds: Mapping[str, str],
+        input_shapes: Mapping[str, tuple[int, ...]],
         width: int,
         split: tuple[int, int, int],
         n_classes: int,
@@ -73,7 +75,11 @@ class ParseModel(nn.Module):
         unique, redundant, synergy = {}, {}, {}
         for m in self.modalities:
             h = self.encoders[m](x[m])
-            unique[m], redundant[m], synergy[m] = h[:, :d_u], h[:, d_u : d_u + d_r], h[:, d_u + d_r :]
+            unique[m], redundant[m], synergy[m] = (
+                h[:, :d_u],
+                h[:, d_u : d_u + d_r],
+                h[:, d_u + d_r :],
+            )
         heads = {f"unique.{m}": self.unique_heads[m](unique[m]) for m in self.modalities}
         r = torch.stack([redundant[m] for m in self.modalities], dim=1).mean(dim=1)
         heads["redundant"] = self.redundant_head(r)
