@@ -213,7 +213,7 @@ class Config(Section):
 
 def _format_validation_error(err: ValidationError) -> UserError:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
+    loc = ".".join(p if isinstance(p, str) and p.isprintable() else repr(p) for p in first["loc"])
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"

@@ -10,6 +10,7 @@ class UserError(Exception):
     """
 
     def __init__(self, where: str, problem: str) -> None:
-        self.where = where
-        self.problem = problem
+        self.where = " ".join(str(where).splitlines())
+        self.problem = " ".join(str(problem).splitlines())
+        where, problem = self.where, self.problem
         super().__init__(f"{where}: {problem}" if where else problem)
