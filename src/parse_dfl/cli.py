@@ -48,6 +48,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from parse_dfl.config import load_config
     from parse_dfl.experiments.run import run
 
+    if args.resume:
+        from parse_dfl.experiments.run import resume_config
+
+        if args.config or args.set or args.methods:
+            raise UserError("--resume", "give only the run folder: its config is in it")
+        r = run(resume_config(args.resume), Path(args.resume), progress=not args.quiet, resume=True)
+        print(accuracy_table([r]))
+        print(f"run folder: {args.resume}")
+        return 0
+    if not args.config:
+        raise UserError("run", "a config file is needed (or --resume RUN-DIR)")
     cfg = load_config(args.config, args.set)
     methods = args.methods.split(",") if args.methods else [cfg.method.name]
     configs = []
@@ -114,12 +125,43 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from parse_dfl.experiments.sweep import run_sweep
+
+    summary = run_sweep(
+        args.sweep,
+        out=args.out,
+        jobs=args.jobs,
+        progress=not args.quiet,
+        log=None if args.quiet else (lambda msg: print(msg, file=sys.stderr)),
+    )
+    print(
+        f"sweep {summary['name']}: {summary['runs']} runs, {summary['ran']} run now, "
+        f"{summary['skipped']} finished before, {summary['failed']} failed "
+        f"({summary['seconds']:.0f} s); folder: {summary['out']}"
+    )
+    for name, error in summary["failures"].items():
+        print(f"  failed: {name}: {error}")
+    if summary["failed"]:
+        return 1
+    print(f"next: parse-dfl report {summary['out']}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from parse_dfl.experiments.report import write_report
+
+    path = write_report(args.dir, out=args.out, tsne=not args.no_tsne)
+    print(f"report: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="parse-dfl", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run one config (one or more methods) and write a run folder")
-    r.add_argument("config", help="YAML config file")
+    r.add_argument("config", nargs="?", help="YAML config file")
     r.add_argument(
         "--set",
         action="append",
@@ -130,7 +172,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run folder (with several methods: one subfolder each)")
     r.add_argument("--methods", help="comma-separated methods to run on the same config")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument(
+        "--resume", metavar="RUN-DIR", help="continue an interrupted run from its checkpoint"
+    )
     r.set_defaults(func=_cmd_run)
+
+    sw = sub.add_parser(
+        "sweep", help="run every config of a sweep file (grid of overrides), skipping finished runs"
+    )
+    sw.add_argument("sweep", help="sweep YAML file (see docs/experiments.md)")
+    sw.add_argument("--out", help="sweep folder (default: the sweep file's `out`)")
+    sw.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
+    sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    sw.set_defaults(func=_cmd_sweep)
+
+    rp = sub.add_parser(
+        "report", help="tables and figures (report.md) from every results.json under a folder"
+    )
+    rp.add_argument("dir", help="folder with run folders (e.g. a sweep folder)")
+    rp.add_argument("--out", help="report file (default DIR/report.md); figures go to DIR/figures")
+    rp.add_argument("--no-tsne", action="store_true", help="skip the t-SNE of PARSE's slices")
+    rp.set_defaults(func=_cmd_report)
 
     sub.add_parser("datasets", help="list data sources and whether each is available").set_defaults(
         func=_cmd_datasets

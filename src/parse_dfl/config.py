@@ -182,6 +182,33 @@ class EngineConfig(Section):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch)")
 
 
+class FaultsConfig(Section):
+    crash_fraction: float = Field(0.0, ge=0, lt=1, description="share of agents that crash")
+    crash_round: int = Field(1, ge=1, description="round in which the crashed agents go down")
+    crash_rounds: int = Field(
+        0, ge=0, description="rounds a crashed agent stays down (0 = it never comes back)"
+    )
+    link_failure: float = Field(0.0, ge=0, lt=1, description="chance each link is down in a round")
+    straggler: float = Field(
+        0.0, ge=0, lt=1, description="chance a live agent skips its local steps in a round"
+    )
+    message_loss: float = Field(
+        0.0, ge=0, lt=1, description="chance one block message on a link is lost in a round"
+    )
+
+    @property
+    def active(self) -> bool:
+        return any((self.crash_fraction, self.link_failure, self.straggler, self.message_loss))
+
+
+class CheckpointConfig(Section):
+    every: int = Field(
+        0,
+        ge=0,
+        description="write a checkpoint every this many rounds into the run folder (0 = off)",
+    )
+
+
 class Config(Section):
     seed: int = Field(0, description="seed for data split, models, batches and random graphs")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -192,6 +219,8 @@ class Config(Section):
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
     @model_validator(mode="after")
     def _check_names(self) -> Config:

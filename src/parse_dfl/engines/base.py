@@ -1,14 +1,17 @@
-"""The round loop every engine shares: local steps, gossip, evaluation, progress, history.
+"""The round loop every engine shares: local steps, gossip, evaluation, progress, history,
+faults and checkpoints.
 
-An engine supplies the three steps; the loop, the schedule of evaluations and the record of
-what happened are the same for all engines, so their results.json files are comparable.
+An engine supplies the steps; the loop, the schedule of evaluations, the record of what
+happened and the checkpoints are the same for all engines, so their results are comparable.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,10 +19,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from parse_dfl.engines.faults import FaultPlan
 from parse_dfl.engines.gossip import GossipSchedule
 from parse_dfl.engines.sampling import BatchSampler
 from parse_dfl.engines.setup import Setup, build_models, common_init, holder_groups
+from parse_dfl.errors import UserError
 from parse_dfl.evaluation import by_type, update_conflict
+
+CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
@@ -30,6 +37,7 @@ class EngineResult:
     history: list[dict[str, Any]]
     holder_graphs: dict[str, dict[str, int]]
     wall_seconds: float
+    live_rounds: np.ndarray
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -39,11 +47,12 @@ class Engine(ABC):
     def __init__(self, setup: Setup) -> None:
         self.setup = setup
         cfg = setup.cfg
+        self.faults = FaultPlan(cfg.faults, len(setup.agents), cfg.seed)
+        self.stage = 0
         models = build_models(setup)
-        self.groups = holder_groups(setup, models)
+        self.regroup(models)
         if cfg.method.common_init:
             common_init(models, self.groups)
-        self.schedule = GossipSchedule(setup.topology, self.groups, cfg.topology.mixing)
         self.sampler = BatchSampler(
             [len(a.train_idx) for a in setup.agents],
             cfg.train.batch_size,
@@ -52,8 +61,14 @@ class Engine(ABC):
         )
         self.adopt(models)
 
+    def regroup(self, models: list[nn.Module]) -> None:
+        """Ask the method's share plan again: holder groups and their gossip schedule."""
+        s = self.setup
+        self.groups = holder_groups(s, models)
+        self.schedule = GossipSchedule(s.topology, self.groups, s.cfg.topology.mixing, self.faults)
+
     @abstractmethod
-    def adopt(self, models: list) -> None:
+    def adopt(self, models: list[nn.Module]) -> None:
         """Take ownership of the freshly built, commonly initialised models."""
 
     @abstractmethod
@@ -62,7 +77,8 @@ class Engine(ABC):
 
     @abstractmethod
     def local_round(self, round_: int) -> float:
-        """Every agent takes its local steps; returns the mean training loss."""
+        """Every agent in `self.faults.trains(round_)` takes its local steps; returns the
+        mean training loss."""
 
     @abstractmethod
     def gossip(self, round_: int) -> None:
@@ -80,6 +96,15 @@ class Engine(ABC):
     def agent_models(self) -> list[nn.Module]:
         """Every agent's model as a plain nn.Module (for saving and diagnostics)."""
 
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that changes during training (parameters, optimiser state): tensors
+        and plain containers only, so a checkpoint loads with weights_only=True."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()` (the stage and holder groups are already restored)."""
+
     def conflicts(self, before: dict[int, torch.Tensor]) -> dict[str, float]:
         """Gradient conflict per shared block: mean cosine between the local updates of its
         unimodal and its multimodal holders (negative = they pull the block apart)."""
@@ -94,25 +119,69 @@ class Engine(ABC):
             out[g.label] = update_conflict(delta[~multi], delta[multi])
         return out
 
-    def run(self, progress: bool = True) -> EngineResult:
+    # --- checkpoints --------------------------------------------------------------------
+    def save_checkpoint(self, path: Path, round_: int, loop: dict[str, Any]) -> None:
+        """Atomically: a temporary file, fsync, rename. A kill at any moment leaves the last
+        good checkpoint readable."""
+        state = {
+            "round": round_,
+            "stage": self.stage,
+            "engine": self.state_dict(),
+            "method": self.setup.method.state_dict(),
+            "loop": loop,
+        }
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: Path) -> tuple[int, dict[str, Any]]:
+        try:
+            state = torch.load(path, map_location=self.setup.device, weights_only=True)
+        except Exception as e:  # a damaged file: say which, never execute anything from it
+            raise UserError(str(path), f"unreadable checkpoint ({type(e).__name__})") from None
+        self.setup.method.load_state_dict(state["method"])
+        self.stage = int(state["stage"])
+        if self.stage:
+            self.regroup(self.agent_models())
+        self.load_state_dict(state["engine"])
+        return int(state["round"]), state["loop"]
+
+    # --- the loop -----------------------------------------------------------------------
+    def run(
+        self, progress: bool = True, checkpoint_dir: Path | None = None, resume: bool = False
+    ) -> EngineResult:
         setup, cfg = self.setup, self.setup.cfg
         agents, mods = setup.agents, list(setup.data.modalities)
-        sent = np.zeros(len(agents), dtype=np.int64)
-        history: list[dict[str, Any]] = []
-        start = time.perf_counter()
-        acc: tuple[list[float], list[float]] = ([], [])
+        every = cfg.checkpoint.every
+        ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
+        loop: dict[str, Any] = {
+            "sent": torch.zeros(len(agents), dtype=torch.int64),
+            "live_rounds": torch.zeros(len(agents), dtype=torch.int64),
+            "history": [],
+            "acc": [[], []],
+            "seconds": 0.0,
+        }
+        first = 1
+        if resume and ckpt is not None and ckpt.is_file():
+            done, loop = self.load_checkpoint(ckpt)
+            first = done + 1
+        start = time.perf_counter() - loop["seconds"]
         bar = tqdm(
-            range(1, cfg.train.rounds + 1),
-            desc=f"{cfg.method.name}",
+            range(first, cfg.train.rounds + 1),
+            desc=cfg.method.name,
             disable=not progress,
             unit="round",
             leave=False,
+            initial=first - 1,
+            total=cfg.train.rounds,
         )
-        stage = 0
         for t in bar:
-            if setup.method.stage_of(t) != stage:
-                stage = setup.method.stage_of(t)
-                self.enter_stage(stage)
+            if setup.method.stage_of(t) != self.stage:
+                self.stage = setup.method.stage_of(t)
+                self.enter_stage(self.stage)
             evaluating = t % cfg.train.eval_every == 0 or t == cfg.train.rounds
             before = (
                 {k: self.block_rows(k).clone() for k in range(len(self.groups))}
@@ -122,10 +191,12 @@ class Engine(ABC):
             loss = self.local_round(t)
             conflict = self.conflicts(before) if evaluating else {}
             self.gossip(t)
-            sent += self.schedule.bytes_sent(t, len(agents))
+            loop["sent"] += torch.from_numpy(self.schedule.bytes_sent(t, len(agents)))
+            loop["live_rounds"] += torch.from_numpy(self.faults.live(t).astype(np.int64))
             if evaluating:
                 acc = self.evaluate()
-                history.append(
+                loop["acc"] = [list(acc[0]), list(acc[1])]
+                loop["history"].append(
                     {
                         "round": t,
                         "train_loss": loss,
@@ -133,18 +204,22 @@ class Engine(ABC):
                         "mean_local_accuracy": float(np.mean(acc[1])),
                         "by_type": by_type(agents, acc[0], mods),
                         "by_type_local": by_type(agents, acc[1], mods),
-                        "bytes_sent": int(sent.sum()),
+                        "bytes_sent": int(loop["sent"].sum()),
                         "seconds": time.perf_counter() - start,
                         "conflict": conflict,
                     }
                 )
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{np.mean(acc[0]):.3f}")
+            if ckpt is not None and every and t % every == 0 and t < cfg.train.rounds:
+                loop["seconds"] = time.perf_counter() - start
+                self.save_checkpoint(ckpt, t, loop)
         bar.close()
         return EngineResult(
-            test_accuracy=acc[0],
-            local_test_accuracy=acc[1],
-            bytes_sent=sent,
-            history=history,
+            test_accuracy=loop["acc"][0],
+            local_test_accuracy=loop["acc"][1],
+            bytes_sent=loop["sent"].numpy(),
+            history=loop["history"],
             holder_graphs=self.schedule.describe(),
             wall_seconds=time.perf_counter() - start,
+            live_rounds=loop["live_rounds"].numpy(),
         )

@@ -9,26 +9,40 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from parse_dfl.config import FaultsConfig
+from parse_dfl.engines.faults import FaultPlan
 from parse_dfl.engines.setup import BlockGroup
 from parse_dfl.graph import Topology, components, mixing_matrix, neighbour_counts
 
 
 class GossipSchedule:
-    def __init__(self, topology: Topology, groups: list[BlockGroup], rule: str) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        groups: list[BlockGroup],
+        rule: str,
+        faults: FaultPlan | None = None,
+    ) -> None:
         self.topology = topology
         self.groups = groups
         self.rule = rule
+        self.faults = faults or FaultPlan(FaultsConfig(), topology.n, 0)
+        self.static = not topology.time_varying and not self.faults.active
         self._cache: dict[int, tuple[sp.csr_matrix, np.ndarray]] = {}
 
     def mixing(self, k: int, round_: int) -> tuple[sp.csr_matrix, np.ndarray]:
-        """(W over the holders of group k, number of neighbours of each holder) in this round."""
-        if not self.topology.time_varying and k in self._cache:
+        """(W over the holders of group k, number of neighbours of each holder) in this round.
+
+        Links to crashed agents, failed links and lost messages are gone from the holder graph
+        before the weights are computed, so nothing waits on a dead peer."""
+        if self.static and k in self._cache:
             return self._cache[k]
         g = self.groups[k]
         graph = self.topology.holder_graph(g.holders, g.tags, round_)
+        graph = self.faults.filter(graph, g.holders, round_, k)
         W = mixing_matrix(graph, self.rule)
         out = (W, neighbour_counts(W))
-        if not self.topology.time_varying:
+        if self.static:
             self._cache[k] = out
         return out
 

@@ -9,13 +9,13 @@ Optimiser state (momentum, Adam moments) stays local.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from parse_dfl.config import TrainConfig
 from parse_dfl.engines.base import Engine
-from parse_dfl.engines.gossip import GossipSchedule
-from parse_dfl.engines.setup import holder_groups
 from parse_dfl.evaluation import accuracy
 from parse_dfl.models.blocks import param_blocks
 
@@ -57,15 +57,30 @@ class ReferenceEngine(Engine):
     def enter_stage(self, stage: int) -> None:
         s = self.setup
         s.method.enter_stage(stage, s.agents, self.models)
-        self.groups = holder_groups(s, self.models)
-        self.schedule = GossipSchedule(s.topology, self.groups, s.cfg.topology.mixing)
+        self.regroup(self.models)
         self._make_optimizers()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "models": [m.state_dict() for m in self.models],
+            "optimizers": [o.state_dict() for o in self.optimizers],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for model, sd in zip(self.models, state["models"], strict=True):
+            model.load_state_dict(sd)
+        self._make_optimizers()
+        for opt, sd in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(sd)
 
     def local_round(self, round_: int) -> float:
         s = self.setup
         batches = self.sampler.round(round_)
+        trains = self.faults.trains(round_)
         losses = []
         for a, agent in enumerate(s.agents):
+            if not trains[a]:
+                continue  # crashed or straggling this round
             model, opt = self.models[a], self.optimizers[a]
             model.train()
             for k in range(s.cfg.train.local_steps):

@@ -20,6 +20,7 @@ from torch import nn
 
 from parse_dfl.config import Config, build_config
 from parse_dfl.engines import ENGINES
+from parse_dfl.engines.base import CHECKPOINT
 from parse_dfl.engines.setup import Setup, build_models, build_setup
 from parse_dfl.errors import UserError
 from parse_dfl.evaluation import by_type
@@ -74,12 +75,32 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], Setup, list[nn.Module
     return results, setup, models
 
 
-def run(cfg: Config, out: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run one config to the end; returns (and, with `out`, writes) the results."""
+def resume_config(run_dir: str | Path) -> Config:
+    """The config of an interrupted run folder (written when its first checkpoint was)."""
+    path = Path(run_dir) / "config.yaml"
+    if (Path(run_dir) / "results.json").is_file():
+        raise UserError(str(run_dir), "this run has already finished (results.json exists)")
+    if not path.is_file():
+        raise UserError(str(run_dir), "nothing to resume: no config.yaml in the run folder")
+    return build_config(yaml.safe_load(path.read_text()))
+
+
+def run(
+    cfg: Config, out: Path | None = None, progress: bool = True, resume: bool = False
+) -> dict[str, Any]:
+    """Run one config to the end; returns (and, with `out`, writes) the results.
+
+    With `checkpoint.every` and a run folder, a checkpoint is written every that many rounds;
+    `resume=True` continues from the folder's last checkpoint."""
     start = time.perf_counter()
     setup = build_setup(cfg)
     engine = ENGINES[cfg.engine.name](setup)
-    res = engine.run(progress=progress)
+    if out is not None and cfg.checkpoint.every and not resume:
+        atomic_write(
+            Path(out) / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        )
+    res = engine.run(progress=progress, checkpoint_dir=out, resume=resume)
+    live_end = engine.faults.live(cfg.train.rounds)
     mods = list(setup.data.modalities)
     agents = setup.agents
     results: dict[str, Any] = {
@@ -101,6 +122,8 @@ def run(cfg: Config, out: Path | None = None, progress: bool = True) -> dict[str
                 "n_train": int(len(a.train_idx)),
                 "n_test": int(len(a.test_idx)),
                 "bytes_sent": int(res.bytes_sent[i]),
+                "live_rounds": int(res.live_rounds[i]),
+                "live_at_end": bool(live_end[i]),
             }
             for i, a in enumerate(agents)
         ],
@@ -108,6 +131,11 @@ def run(cfg: Config, out: Path | None = None, progress: bool = True) -> dict[str
         "by_type_local": by_type(agents, res.local_test_accuracy, mods),
         "mean_accuracy": float(np.mean(res.test_accuracy)),
         "mean_local_accuracy": float(np.mean(res.local_test_accuracy)),
+        "mean_accuracy_live": float(np.mean(np.asarray(res.test_accuracy)[live_end])),
+        "faults": {
+            **cfg.faults.model_dump(),
+            "crashed_agents": engine.faults.crashing.tolist(),
+        },
         "global_test_size": int(len(setup.global_test)),
         "history": res.history,
         "bytes_sent": int(res.bytes_sent.sum()),
@@ -125,4 +153,5 @@ def run(cfg: Config, out: Path | None = None, progress: bool = True) -> dict[str
         save_models(out / "models.pt", engine.agent_models())
         atomic_write(out / "config.yaml", yaml.safe_dump(results["config"], sort_keys=False))
         atomic_write(out / "results.json", json.dumps(results, indent=2))
+        (out / CHECKPOINT).unlink(missing_ok=True)
     return results

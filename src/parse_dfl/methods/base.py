@@ -73,3 +73,11 @@ class Method(ABC):
     def lr_scale(self, agent: AgentSpec, block: str) -> float:
         """Multiplier of the learning rate for one block of one agent (in the current stage)."""
         return 1.0
+
+    def state_dict(self) -> dict:
+        """What a multi-stage method learned about the run (saved in checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`."""
+        return None
