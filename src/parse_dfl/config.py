@@ -201,6 +201,28 @@ class FaultsConfig(Section):
         return any((self.crash_fraction, self.link_failure, self.straggler, self.message_loss))
 
 
+class AttackConfig(Section):
+    kind: Literal["none", "sign-flip", "noise", "scale", "label-flip"] = Field(
+        "none",
+        description="what attackers do: send -x, x + noise, scale * x, or train on flipped labels",
+    )
+    fraction: float = Field(0.0, ge=0, lt=1, description="share of agents that attack")
+    scale: float = Field(10.0, description="scale: factor applied to the sent parameters")
+    noise: float = Field(1.0, ge=0, description="noise: std of the Gaussian added to what is sent")
+
+
+class RobustConfig(Section):
+    rule: Literal["mean", "clip", "trimmed-mean", "median"] = Field(
+        "mean",
+        description="how a holder combines received blocks: weighted mean (plain gossip), "
+        "self-centred clipping, coordinate-wise trimmed mean, or coordinate-wise median",
+    )
+    radius: float = Field(1.0, gt=0, description="clip: radius of neighbours' differences")
+    trim: float = Field(
+        0.2, ge=0, lt=0.5, description="trimmed-mean: share cut from each end per coordinate"
+    )
+
+
 class CheckpointConfig(Section):
     every: int = Field(
         0,
@@ -220,6 +242,8 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    robust: RobustConfig = Field(default_factory=RobustConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
     @model_validator(mode="after")

@@ -21,10 +21,12 @@ from tqdm import tqdm
 
 from parse_dfl.engines.faults import FaultPlan
 from parse_dfl.engines.gossip import GossipSchedule
+from parse_dfl.engines.robust import attackers, corrupt, robust_mix
 from parse_dfl.engines.sampling import BatchSampler
 from parse_dfl.engines.setup import Setup, build_models, common_init, holder_groups
 from parse_dfl.errors import UserError
 from parse_dfl.evaluation import by_type, update_conflict
+from parse_dfl.graph.topology import derive_seed
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -48,6 +50,9 @@ class Engine(ABC):
         self.setup = setup
         cfg = setup.cfg
         self.faults = FaultPlan(cfg.faults, len(setup.agents), cfg.seed)
+        self.attackers = attackers(cfg.attack, len(setup.agents), cfg.seed)
+        self.plain_gossip = cfg.attack.kind in ("none", "label-flip") and cfg.robust.rule == "mean"
+        self.dropped = 0
         self.stage = 0
         models = build_models(setup)
         self.regroup(models)
@@ -104,6 +109,23 @@ class Engine(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()` (the stage and holder groups are already restored)."""
+
+    def labels(self, agent: int, y: torch.Tensor) -> torch.Tensor:
+        """The labels an agent trains on: flipped (c -> C-1-c) for label-flip attackers."""
+        if self.setup.cfg.attack.kind == "label-flip" and self.attackers[agent]:
+            return self.setup.data.n_classes - 1 - y
+        return y
+
+    def robust_step(self, k: int, round_: int, rows: torch.Tensor) -> torch.Tensor:
+        """One gossip step of group k with attackers' corruption, checks and the robust rule."""
+        cfg = self.setup.cfg
+        g = self.groups[k]
+        W, _ = self.schedule.mixing(k, round_)
+        bad = torch.from_numpy(self.attackers[np.asarray(g.holders)])
+        sent = corrupt(rows, bad, cfg.attack, derive_seed(cfg.seed, round_, k))
+        new, dropped = robust_mix(rows, sent, W, cfg.robust)
+        self.dropped += dropped
+        return new
 
     def conflicts(self, before: dict[int, torch.Tensor]) -> dict[str, float]:
         """Gradient conflict per shared block: mean cosine between the local updates of its
@@ -163,10 +185,12 @@ class Engine(ABC):
             "history": [],
             "acc": [[], []],
             "seconds": 0.0,
+            "dropped": 0,
         }
         first = 1
         if resume and ckpt is not None and ckpt.is_file():
             done, loop = self.load_checkpoint(ckpt)
+            self.dropped = int(loop["dropped"])
             first = done + 1
         start = time.perf_counter() - loop["seconds"]
         bar = tqdm(
@@ -212,6 +236,7 @@ class Engine(ABC):
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{np.mean(acc[0]):.3f}")
             if ckpt is not None and every and t % every == 0 and t < cfg.train.rounds:
                 loop["seconds"] = time.perf_counter() - start
+                loop["dropped"] = self.dropped
                 self.save_checkpoint(ckpt, t, loop)
         bar.close()
         return EngineResult(
@@ -222,4 +247,5 @@ class Engine(ABC):
             holder_graphs=self.schedule.describe(),
             wall_seconds=time.perf_counter() - start,
             live_rounds=loop["live_rounds"].numpy(),
+            extra={"dropped_messages": self.dropped},
         )

@@ -87,7 +87,7 @@ class ReferenceEngine(Engine):
                 idx = s.train_idx[a][batches[a, k].to(s.device)]
                 x = {m: s.x[m][idx] for m in agent.modalities}
                 opt.zero_grad(set_to_none=True)
-                loss = s.method.loss(model, x, s.y[idx])
+                loss = s.method.loss(model, x, self.labels(a, s.y[idx]))
                 loss.backward()
                 opt.step()
                 losses.append(float(loss.detach()))
@@ -108,11 +108,13 @@ class ReferenceEngine(Engine):
     @torch.no_grad()
     def gossip(self, round_: int) -> None:
         for k, g in enumerate(self.groups):
-            W, _ = self.schedule.mixing(k, round_)
             stacked = self.block_rows(k)
-            mixed = (
-                torch.as_tensor(W.toarray(), dtype=stacked.dtype, device=stacked.device) @ stacked
-            )
+            if self.plain_gossip:
+                W, _ = self.schedule.mixing(k, round_)
+                dense = torch.as_tensor(W.toarray(), dtype=stacked.dtype, device=stacked.device)
+                mixed = dense @ stacked
+            else:
+                mixed = self.robust_step(k, round_, stacked)
             for row, a in enumerate(g.holders):
                 offset = 0
                 for n in g.params:

@@ -136,6 +136,12 @@ def run(
             **cfg.faults.model_dump(),
             "crashed_agents": engine.faults.crashing.tolist(),
         },
+        "attack": {
+            **cfg.attack.model_dump(),
+            "attackers": np.flatnonzero(engine.attackers).tolist(),
+            "robust_rule": cfg.robust.rule,
+        },
+        "mean_accuracy_honest": float(np.mean(np.asarray(res.test_accuracy)[~engine.attackers])),
         "global_test_size": int(len(setup.global_test)),
         "history": res.history,
         "bytes_sent": int(res.bytes_sent.sum()),
