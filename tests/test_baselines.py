@@ -12,7 +12,7 @@ import torch
 from parse_dfl.engines import ENGINES
 from parse_dfl.engines.setup import build_models, build_setup, holder_groups
 from parse_dfl.experiments.run import run
-from parse_dfl.methods import METHODS, Method
+from parse_dfl.methods import METHODS
 from parse_dfl.methods.harmony import cluster_biases
 from tests.conftest import quick_config
 
@@ -185,10 +185,14 @@ def test_centralized_is_one_model_on_all_agents() -> None:
     for params in engine.params[1:]:
         for n, p in params.items():
             torch.testing.assert_close(p, first[n])
+    model, x = engine.models[0], {"gyro": engine.setup.x["gyro"][:3]}
+    with torch.no_grad():  # a missing modality is skipped, not zero-filled
+        torch.testing.assert_close(model.embed(x), model.encoders["gyro"](x["gyro"]))
 
 
-def test_centralized_says_when_it_cannot_pool() -> None:
-    if hasattr(Method, "topology_config"):  # the setup forces the complete graph itself
-        pytest.skip("the setup honours Method.topology_config")
-    with pytest.warns(UserWarning, match="topology.name=full"):
-        build_setup(quick_config("method.name=centralized"))
+def test_centralized_runs_on_the_complete_graph_whatever_the_config() -> None:
+    setup = build_setup(quick_config("method.name=centralized", "topology.name=ring"))
+    assert setup.topology.cfg.name == "full"
+    graph = setup.topology.graph(1)
+    n = len(setup.agents)
+    assert graph.number_of_edges() == n * (n - 1) // 2

@@ -160,6 +160,25 @@ class MethodConfig(Section):
     )
     share_unique_heads: bool = Field(True, description="parse: average unique heads among holders")
     share_synergy: bool = Field(True, description="parse: average fusion+synergy head per type")
+    missing_modality: Literal["zero", "skip"] = Field(
+        "zero",
+        description="dsgd-task: a modality an agent lacks is zero-filled, or skipped in the mean",
+    )
+    harmony_stage1_fraction: float = Field(
+        0.5, ge=0, le=1, description="harmony: share of the rounds spent on modality-wise DSGD"
+    )
+    harmony_warmup_fraction: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="harmony: share of the fusion rounds trained before clustering (>= 1 round)",
+    )
+    harmony_encoder_lr_scale: float = Field(
+        0.1, gt=0, description="harmony: lr factor of multimodal encoders during fusion training"
+    )
+    harmony_clusters: int = Field(
+        2, ge=1, description="harmony: k of the k-means on modality biases"
+    )
     common_init: bool = Field(
         True, description="every shared block starts from the same values on all its holders"
     )

@@ -62,7 +62,7 @@ def build_setup(cfg: Config) -> Setup:
     data = load_dataset(cfg.data)
     agents = partition(data, cfg)
     method = METHODS[cfg.method.name](cfg, data)
-    topology = Topology(cfg.topology, len(agents), cfg.seed)
+    topology = Topology(method.topology_config(cfg.topology), len(agents), cfg.seed)
     device = resolve_device(cfg.engine.device)
     x = {m: torch.from_numpy(v).to(device) for m, v in data.modalities.items()}
     y = torch.from_numpy(data.labels.astype(np.int64)).to(device)

@@ -72,6 +72,9 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], Setup, list[nn.Module
         model.load_state_dict(
             {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         )
+    final = setup.method.stage_of(cfg.train.rounds)
+    if final:  # a multi-stage method predicts with its last stage's parts
+        setup.method.enter_stage(final, setup.agents, models)
     return results, setup, models
 
 
@@ -149,6 +152,8 @@ def run(
             res.bytes_sent.sum() / len(agents) / cfg.train.rounds
         ),
         "holder_graphs": res.holder_graphs,
+        "topology_used": setup.topology.cfg.name,
+        "method_summary": setup.method.summary(),
         "wall_seconds": time.perf_counter() - start,
         "train_seconds": res.wall_seconds,
         **res.extra,

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from parse_dfl.config import Config
+from parse_dfl.config import Config, TopologyConfig
 from parse_dfl.data.base import MultimodalDataset
 from parse_dfl.data.partition import AgentSpec
 
@@ -73,6 +73,14 @@ class Method(ABC):
     def lr_scale(self, agent: AgentSpec, block: str) -> float:
         """Multiplier of the learning rate for one block of one agent (in the current stage)."""
         return 1.0
+
+    def topology_config(self, topology: TopologyConfig) -> TopologyConfig:
+        """The graph this method runs on; a reference method (centralized) may replace it."""
+        return topology
+
+    def summary(self) -> dict:
+        """Facts about the run worth keeping in results.json (e.g. harmony's clusters)."""
+        return {}
 
     def state_dict(self) -> dict:
         """What a multi-stage method learned about the run (saved in checkpoints)."""

@@ -2,9 +2,12 @@
 
 What it stands for: one model trained on the union of all agents' training data, each sample
 with the modalities its agent holds (that is the data a server would have if the agents
-handed it over). The model is dsgd-task's: all K encoders (a missing modality zero-filled),
-mean fusion, one classifier, CE loss; it is evaluated like every method, each agent on its
-own modalities.
+handed it over). The model has dsgd-task's parameters (all K encoders, one classifier, CE
+loss) but the embedding is the mean over the modalities a sample *has* (a missing one is
+skipped, not zero-filled): one model for inputs with any subset of modalities, the usual way
+to pool samples with missing modalities. On the watch data (10:10:10, 40 rounds) it reached
+0.82 this way and 0.76 with zero-filling, below PARSE's 0.81: zero-filling made the reference
+no upper reference. It is evaluated like every method, each agent on its own modalities.
 
 How it runs on the same engines: every agent holds that one model (same width for all: the
 `agents.width` setting, whatever `width_by_type` says), trains it for `local_steps` steps on
@@ -15,26 +18,19 @@ local-SGD approximation (exact large-batch SGD for local_steps = 1 and plain SGD
 each agent keeps its own moments). Same encoders, optimiser and budget of rounds and steps as
 every other method; bytes_sent is meaningless for it.
 
-The complete graph: a method cannot add links through its share plan, so the pooled-data
-reading needs `topology.name: full`. `full_graph = True` asks the setup for the complete
-graph whatever the config says (an engine hook: `Method.topology_config`, see below); until
-the setup honours it, constructing the method on another topology warns that the run is then
-dsgd-task on that graph.
+The complete graph: `topology_config` replaces the configured graph by the complete one
+whatever the config says (results.json records it as `topology_used`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
-from typing import ClassVar
-
 from torch import nn
 
-from parse_dfl.config import Config, TopologyConfig
-from parse_dfl.data.base import MultimodalDataset
+from parse_dfl.config import TopologyConfig
 from parse_dfl.data.partition import AgentSpec
-from parse_dfl.methods.base import Method, Share, SharePlan
+from parse_dfl.methods.base import Share, SharePlan
 from parse_dfl.methods.local import MonolithicMethod
+from parse_dfl.models.monolithic import FusionClassifier
 
 
 class CentralizedMethod(MonolithicMethod):
@@ -43,25 +39,22 @@ class CentralizedMethod(MonolithicMethod):
         "NOT decentralized: upper reference, one model on all agents' data pooled "
         "(all encoders, exact averaging over all agents every round)"
     )
-    all_encoders = True
-    full_graph: ClassVar[bool] = True
-
-    def __init__(self, cfg: Config, ds: MultimodalDataset) -> None:
-        super().__init__(cfg, ds)
-        if cfg.topology.name != "full" and not hasattr(Method, "topology_config"):
-            warnings.warn(
-                "centralized needs the complete graph to stand for training on pooled data; "
-                f"on topology '{cfg.topology.name}' it is dsgd-task on that graph. "
-                "Run it with topology.name=full.",
-                stacklevel=2,
-            )
 
     def topology_config(self, topology: TopologyConfig) -> TopologyConfig:
-        """The graph this method runs on (the proposed hook): always the complete graph."""
+        """Always the complete graph: every agent averages with every other."""
         return topology.model_copy(update={"name": "full", "holder_graph": "induced"})
 
     def build_model(self, agent: AgentSpec) -> nn.Module:
-        return super().build_model(dataclasses.replace(agent, width=self.cfg.agents.width))
+        return FusionClassifier(
+            self.modalities,
+            self.kinds,
+            self.input_shapes,
+            self.cfg.agents.width,
+            sum(self.cfg.model.split),
+            self.n_classes,
+            head_hidden=self.cfg.model.head_hidden,
+            missing="skip",
+        )
 
     def share_plan(self, agent: AgentSpec, model: nn.Module) -> SharePlan:
         return {block: Share() for block in model.block_prefixes()}  # type: ignore[operator]

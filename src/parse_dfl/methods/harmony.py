@@ -28,8 +28,8 @@ clients only, with clients clustered by their *modality bias*. Without a server,
 
 Why concatenation, not the mean that the dsgd baselines use: the encoders were trained
 apart, each for its own head, so their embeddings live in different spaces; a classifier on
-the concatenation can weigh each (on the watch data, 10:10:10 ring, 20 rounds, multimodal
-agents reached 0.76 with it and 0.73 with the mean). Classifiers are averaged only within
+the concatenation can weigh each (on the watch data, 10:10:10 ring, width 32, 20 rounds,
+multimodal agents reached 0.76 with it and 0.73 with the mean). Classifiers are averaged only within
 one multimodal type, so their shapes always match.
 
 Why a warm-up stage: the bias of an encoder is how far fusion training moved it from its
@@ -44,7 +44,7 @@ Unimodal agents keep their stage-0 model and training for the whole run (same bu
 rounds and local steps as every method): in stages 1-2 they keep averaging enc.m and head.m
 with the other *unimodal* holders of m, since the multimodal agents' encoders are now
 fine-tuned privately. Every model holds all of its parameters from the start; a block with
-no part in the current stage gets no gradient (Adam skips it) and is not shared.
+no part in the current stage gets no gradient (the optimiser skips it) and is not shared.
 
 The multimodal classifier starts from the same values on every agent (a seeded init), as a
 shared block does in the other methods (the engine's common_init only sees stage-0 groups).
@@ -53,8 +53,9 @@ shared block does in the other methods (the engine's common_init only sees stage
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -122,8 +123,8 @@ class HarmonyModel(nn.Module):
     def __init__(
         self,
         modalities: tuple[str, ...],
-        kinds: dict[str, str],
-        input_shapes: dict[str, tuple[int, ...]],
+        kinds: Mapping[str, str],
+        input_shapes: Mapping[str, tuple[int, ...]],
         width: int,
         embed_dim: int,
         n_classes: int,
@@ -210,19 +211,22 @@ class HarmonyMethod(Method):
             classifier_seed=self.cfg.seed * 1_000_003 + 7_919,
         )
 
-    def fusing(self, model: nn.Module) -> bool:
+    def fusing(self, model: HarmonyModel) -> bool:
         """Whether this model is in its fusion phase (multimodal agent, stage >= 1)."""
-        return bool(model.multimodal) and self.stage >= 1
+        return model.multimodal and self.stage >= 1
 
     def loss(self, model: nn.Module, x: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-        if self.fusing(model):
-            return F.cross_entropy(model.fused_logits(x), y)
-        return sum(F.cross_entropy(z, y) for z in model.unimodal_logits(x).values())  # type: ignore[return-value]
+        hm = cast(HarmonyModel, model)
+        if self.fusing(hm):
+            return F.cross_entropy(hm.fused_logits(x), y)
+        per_branch = [F.cross_entropy(z, y) for z in hm.unimodal_logits(x).values()]
+        return torch.stack(per_branch).sum()
 
     def logits(self, model: nn.Module, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.fusing(model):
-            return model.fused_logits(x)
-        return torch.stack(list(model.unimodal_logits(x).values()), dim=0).mean(dim=0)
+        hm = cast(HarmonyModel, model)
+        if self.fusing(hm):
+            return hm.fused_logits(x)
+        return torch.stack(list(hm.unimodal_logits(x).values()), dim=0).mean(dim=0)
 
     # --- sharing and stages -----------------------------------------------------------
 
@@ -250,7 +254,11 @@ class HarmonyMethod(Method):
         return 1.0
 
     def enter_stage(self, stage: int, agents: list[AgentSpec], models: list[nn.Module]) -> None:
-        multi = [(a, m) for a, m in zip(agents, models, strict=True) if len(a.modalities) >= 2]
+        multi = [
+            (a, cast(HarmonyModel, m))
+            for a, m in zip(agents, models, strict=True)
+            if len(a.modalities) >= 2
+        ]
         if stage >= 1 and not self.anchors:  # end of modality-wise training
             self.anchors = {
                 a.id: {m: flat_weights(model.encoders[m]) for m in a.modalities}

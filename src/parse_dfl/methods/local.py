@@ -26,6 +26,7 @@ class MonolithicMethod(Method):
             sum(self.cfg.model.split),
             self.n_classes,
             head_hidden=self.cfg.model.head_hidden,
+            missing=self.cfg.method.missing_modality,
         )
 
     def loss(self, model: nn.Module, x: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:

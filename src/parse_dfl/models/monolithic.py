@@ -1,8 +1,9 @@
 """The usual multimodal model: encoders -> one shared embedding (mean) -> one classifier.
 
 Used by the baselines. With `modalities` = every modality of the dataset (dsgd-task), a
-modality the agent lacks is fed as zeros, so all agents have the same shape and can average
-every parameter; otherwise only the agent's own encoders exist.
+modality the agent lacks is fed as zeros (`missing="zero"`) or left out of the mean
+(`missing="skip"`), so all agents have the same shape and can average every parameter;
+otherwise only the agent's own encoders exist.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ class FusionClassifier(nn.Module):
         embed_dim: int,
         n_classes: int,
         head_hidden: int = 0,
+        missing: str = "zero",
     ) -> None:
         super().__init__()
         self.modalities = modalities
+        self.missing = missing
         self.input_shapes = input_shapes
         self.encoders = nn.ModuleDict(
             {m: build_encoder(kinds[m], input_shapes[m], width, embed_dim) for m in modalities}
@@ -45,7 +48,9 @@ class FusionClassifier(nn.Module):
         feats = []
         for m in self.modalities:
             xm = x.get(m)
-            if xm is None:  # a modality this agent does not hold: zero-filled
+            if xm is None:  # a modality this agent does not hold: zero-filled or skipped
+                if self.missing == "skip":
+                    continue
                 xm = ref.new_zeros((batch, *self.input_shapes[m]))
             feats.append(self.encoders[m](xm))
         return torch.stack(feats, dim=1).mean(dim=1)

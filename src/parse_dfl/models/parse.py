@@ -10,7 +10,6 @@ prediction = ensemble of the available heads (mean of logits, or of probabilitie
 from __future__ import annotations
 
 from collections.abc import Mapping
-
 from dataclasses import dataclass
 
 import torch
