@@ -1,0 +1,505 @@
+"""A sweep: many runs of one base config, described by a small YAML file.
+
+```yaml
+name: watch-main                 # default: the file name without .yaml
+base: ../watch.yaml              # config file, relative to THIS sweep file (optional)
+out: runs/watch-main             # default folder, relative to the working directory
+set: [train.rounds=40]           # overrides applied to every run (list or mapping)
+grid:                            # key -> values; the runs are the cartesian product
+  method.name: [parse, local]
+  seed: [0, 1, 2]
+runs:                            # optional variants, each crossed with the grid: several
+  - {}                           # keys changed together (a mapping or key=value list)
+  - {method.name: centralized, topology.name: full}
+```
+
+Every run = base config + `set` + one grid point + one variant from `runs` (later wins).
+Each run gets its own folder, named from its overrides (`method=parse/seed=0`): the name
+only depends on the sweep file, so running the sweep again skips every folder that holds a
+results.json (a finished run) and reruns the rest. Every run's config is validated (and its
+data, agent mix and topology checked) before any run starts. `sweep.json` in the sweep
+folder lists the runs and their status and is rewritten after every run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import itertools
+import json
+import multiprocessing
+import re
+import shlex
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm import tqdm
+
+from parse_dfl.config import Config, build_config, parse_override, read_yaml
+from parse_dfl.errors import UserError
+from parse_dfl.experiments.run import atomic_write
+
+SWEEP_KEYS = ("name", "base", "out", "set", "grid", "runs")
+
+
+@dataclass
+class RunSpec:
+    """One run of a sweep: its folder name, the overrides that define it, its config."""
+
+    name: str
+    overrides: list[tuple[str, Any]]
+    config: Config
+    status: str = "pending"  # pending | running | done | failed
+    skipped: bool = False  # finished before this invocation
+    resume: bool = False  # continue from the folder's checkpoint (checkpoint.every > 0)
+    seconds: float | None = None
+    mean_accuracy: float | None = None
+    mean_local_accuracy: float | None = None
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dir": self.name,
+            "overrides": [f"{k}={json.dumps(v)}" for k, v in self.overrides],
+            "method": self.config.method.name,
+            "seed": self.config.seed,
+            "status": self.status,
+            "skipped": self.skipped,
+            "resumed": self.resume,
+            "seconds": self.seconds,
+            "mean_accuracy": self.mean_accuracy,
+            "mean_local_accuracy": self.mean_local_accuracy,
+            "error": self.error,
+        }
+
+
+@dataclass
+class Sweep:
+    name: str
+    path: Path
+    base: Path | None
+    out: Path
+    set: list[tuple[str, Any]]
+    grid: dict[str, list[Any]]
+    variants: list[list[tuple[str, Any]]]
+    runs: list[RunSpec] = field(default_factory=list)
+
+
+# ---- naming --------------------------------------------------------------------------------
+
+
+def _value_text(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "none"
+    if isinstance(v, (list, tuple)):
+        return "-".join(_value_text(x) for x in v)
+    if isinstance(v, dict):
+        return "_".join(f"{k}-{_value_text(x)}" for k, x in v.items())
+    return str(v).replace(":", "-").replace(",", "_")
+
+
+def slug(text: str, limit: int = 80) -> str:
+    """A folder-safe version of `text` (letters, digits and . _ + - =), at most `limit` long."""
+    s = re.sub(r"[^A-Za-z0-9._+=-]+", "-", text).strip("-") or "x"
+    if s.startswith("."):
+        s = "_" + s
+    if len(s) > limit:
+        digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+        s = f"{s[: limit - 9]}~{digest}"
+    return s
+
+
+def short_key(key: str) -> str:
+    """`method.name` -> `method`, `topology.name` -> `topology`; other keys stay dotted."""
+    return key[: -len(".name")] if key.endswith(".name") else key
+
+
+def run_name(overrides: list[tuple[str, Any]]) -> str:
+    """`[('method.name', 'parse'), ('seed', 0)]` -> `method=parse/seed=0` (one folder a key)."""
+    if not overrides:
+        return "run"
+    return "/".join(slug(f"{short_key(k)}={_value_text(v)}") for k, v in overrides)
+
+
+# ---- reading a sweep file ------------------------------------------------------------------
+
+
+def _overrides(items: Any, where: str) -> list[tuple[str, Any]]:
+    """A list of `key=value` strings or a mapping -> [(dotted key, value)]."""
+    if items is None:
+        return []
+    if isinstance(items, dict):
+        return [(str(k), v) for k, v in items.items()]
+    if isinstance(items, list):
+        out = []
+        for item in items:
+            if not isinstance(item, str):
+                raise UserError(where, f"{item!r} is not a key=value string")
+            path, value = parse_override(item)
+            out.append((".".join(path), value))
+        return out
+    raise UserError(where, "must be a list of key=value strings or a mapping of key: value")
+
+
+def _set_key(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    if not all(parts):
+        raise UserError(key, "not a dotted key such as train.rounds")
+    node = raw
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise UserError(key, f"'{part}' is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
+    """Read and expand a sweep file and validate every run's config (nothing runs yet)."""
+    path = Path(path)
+    spec = read_yaml(path)
+    where = str(path)
+    for key in spec:
+        if key not in SWEEP_KEYS:
+            raise UserError(f"{where}: {key}", f"unknown key (a sweep has {', '.join(SWEEP_KEYS)})")
+    name = str(spec.get("name") or path.stem)
+    base = spec.get("base")
+    base_path = None
+    if base is not None:
+        base_path = (path.parent / str(base)).resolve()
+        if not base_path.is_file():
+            raise UserError(f"{where}: base", f"config file {base_path} not found")
+    out_dir = Path(out) if out is not None else Path(spec.get("out") or Path("runs") / slug(name))
+    common = _overrides(spec.get("set"), f"{where}: set")
+
+    grid_raw = spec.get("grid") or {}
+    if not isinstance(grid_raw, dict):
+        raise UserError(f"{where}: grid", "must be a mapping of config key -> list of values")
+    grid: dict[str, list[Any]] = {}
+    for key, values in grid_raw.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{where}: grid.{key}", "must be a non-empty list of values")
+        grid[str(key)] = values
+
+    runs_raw = spec.get("runs")
+    if runs_raw is None:
+        variants: list[list[tuple[str, Any]]] = [[]]
+    elif isinstance(runs_raw, list) and runs_raw:
+        variants = [_overrides(v, f"{where}: runs[{i}]") for i, v in enumerate(runs_raw)]
+    else:
+        raise UserError(f"{where}: runs", "must be a non-empty list of variants")
+    for i, variant in enumerate(variants):
+        for key, _ in variant:
+            if key in grid:
+                raise UserError(f"{where}: runs[{i}]", f"'{key}' is also a grid key: set it once")
+
+    sweep = Sweep(name, path, base_path, out_dir, common, grid, variants)
+    base_raw = read_yaml(base_path) if base_path is not None else {}
+    points = list(itertools.product(*grid.values())) if grid else [()]
+    for variant in variants:
+        for point in points:
+            chosen = variant + list(zip(grid, point, strict=True))
+            run = run_name(chosen)
+            raw = json.loads(json.dumps(base_raw))  # deep copy
+            try:
+                for key, value in common + chosen:
+                    _set_key(raw, key, value)
+                cfg = build_config(raw)
+            except UserError as e:
+                raise UserError(f"{where}: run '{run}'", str(e)) from None
+            sweep.runs.append(RunSpec(run, chosen, cfg))
+    _dedupe_names(sweep.runs)
+    return sweep
+
+
+def _dedupe_names(runs: list[RunSpec]) -> None:
+    seen: dict[str, int] = {}
+    for r in runs:
+        seen[r.name] = seen.get(r.name, 0) + 1
+    for r in runs:
+        if seen[r.name] > 1:
+            canon = json.dumps(r.overrides, sort_keys=True, default=str)
+            r.name = f"{r.name}~{hashlib.sha1(canon.encode()).hexdigest()[:8]}"
+
+
+def check_runs(sweep: Sweep) -> list[str]:
+    """Beyond the config schema: data available, agent mix fits the data, topology builds,
+    method accepts the config. Loads each distinct data config once. Returns warnings."""
+    from parse_dfl.data import load_dataset
+    from parse_dfl.data.partition import partition
+    from parse_dfl.graph import Topology
+    from parse_dfl.methods import METHODS
+
+    cache: dict[str, Any] = {}
+    notes: list[str] = []
+    for r in sweep.runs:
+        cfg = r.config
+        try:
+            key = cfg.data.model_dump_json()
+            if key not in cache:
+                cache[key] = load_dataset(cfg.data)
+            data = cache[key]
+            agents = partition(data, cfg)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                METHODS[cfg.method.name](cfg, data)
+            for w in caught:
+                text = f"{cfg.method.name}: {w.message}"
+                if text not in notes:
+                    notes.append(text)
+            Topology(cfg.topology, len(agents), cfg.seed).graph(1)
+        except UserError as e:
+            raise UserError(f"{sweep.path}: run '{r.name}'", str(e)) from None
+        except (ValueError, KeyError) as e:
+            raise UserError(f"{sweep.path}: run '{r.name}'", f"{type(e).__name__}: {e}") from None
+    return notes
+
+
+def _finished_config(run_dir: Path) -> dict[str, Any] | None:
+    """The config of a finished run folder (None when the folder holds no results.json)."""
+    res = run_dir / "results.json"
+    if not res.is_file():
+        return None
+    try:
+        return json.loads(res.read_text()).get("config", {})
+    except (json.JSONDecodeError, OSError):
+        return None  # unreadable: treated as unfinished, rerun
+
+
+def _resumable(run_dir: Path, cfg: Config) -> bool:
+    """An interrupted run with a checkpoint of this very config (see `checkpoint.every`)."""
+    from parse_dfl.engines.base import CHECKPOINT
+
+    if not (run_dir / CHECKPOINT).is_file() or not (run_dir / "config.yaml").is_file():
+        return False
+    try:
+        have = build_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    except (UserError, yaml.YAMLError, OSError):
+        return False
+    return have.model_dump(mode="json") == cfg.model_dump(mode="json")
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            d = _first_difference(a.get(k), b.get(k), f"{prefix}{k}.")
+            if d:
+                return d
+        return None
+    return None if a == b else f"{prefix.rstrip('.')}: {a!r} in the folder, {b!r} in the sweep"
+
+
+def mark_finished(sweep: Sweep) -> None:
+    """Mark runs whose folder already holds results.json for the same config as done.
+
+    A finished folder for a different config is refused (the sweep file changed since):
+    results are never silently mixed.
+    """
+    for r in sweep.runs:
+        old = _finished_config(sweep.out / r.name)
+        if old is None:
+            r.resume = _resumable(sweep.out / r.name, r.config)
+            continue
+        want = r.config.model_dump(mode="json")
+        try:
+            have = build_config(old).model_dump(mode="json")
+        except UserError:
+            have = old
+        diff = _first_difference(have, want)
+        if diff is not None:
+            raise UserError(
+                f"{sweep.out / r.name}",
+                f"finished run with another config ({diff}); "
+                "delete the folder or use another --out",
+            )
+        res = json.loads((sweep.out / r.name / "results.json").read_text())
+        r.status, r.skipped = "done", True
+        r.seconds = res.get("wall_seconds")
+        r.mean_accuracy = res.get("mean_accuracy")
+        r.mean_local_accuracy = res.get("mean_local_accuracy")
+
+
+# ---- running -------------------------------------------------------------------------------
+
+
+def _init_worker() -> None:
+    """A worker: one torch thread; Ctrl-C is the main process's to handle (it stops us)."""
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+def _stop_pool(pool: cf.ProcessPoolExecutor) -> None:
+    """Cancel queued runs and end the pool's worker processes now (their runs are lost and
+    rerun next time: a folder without results.json is unfinished)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=10)
+
+
+def _run_one(
+    raw_cfg: dict[str, Any], run_dir: str, progress: bool, resume: bool = False
+) -> dict[str, Any]:
+    """Run one config into its folder; never raises for a failed run (reports it)."""
+    from parse_dfl.experiments import run as run_module
+
+    start = time.perf_counter()
+    try:
+        cfg = build_config(raw_cfg)
+        if resume:
+            res = run_module.run(cfg, Path(run_dir), progress=progress, resume=True)
+        else:
+            res = run_module.run(cfg, Path(run_dir), progress=progress)
+        return {
+            "status": "done",
+            "seconds": res["wall_seconds"],
+            "mean_accuracy": res["mean_accuracy"],
+            "mean_local_accuracy": res["mean_local_accuracy"],
+        }
+    except UserError as e:
+        error = str(e)
+    except Exception as e:  # a crash in one run must not stop the others
+        error = f"{type(e).__name__}: {e}"
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / "error.txt").write_text(traceback.format_exc())
+    return {"status": "failed", "seconds": time.perf_counter() - start, "error": error}
+
+
+def write_status(sweep: Sweep, command: str | None = None) -> None:
+    path = sweep.out / "sweep.json"
+    old: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+    counts = {s: sum(r.status == s for r in sweep.runs) for s in ("done", "failed", "pending")}
+    doc = {
+        "name": sweep.name,
+        "sweep_file": str(sweep.path),
+        "base": str(sweep.base) if sweep.base else None,
+        "out": str(sweep.out),
+        "command": command or old.get("command"),
+        "set": [f"{k}={json.dumps(v)}" for k, v in sweep.set],
+        "grid": sweep.grid,
+        "runs_variants": [[f"{k}={json.dumps(v)}" for k, v in var] for var in sweep.variants],
+        "counts": counts,
+        "total_run_seconds": sum(r.seconds or 0.0 for r in sweep.runs if r.status == "done"),
+        "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "runs": [r.as_json() for r in sweep.runs],
+    }
+    atomic_write(path, json.dumps(doc, indent=2, default=str))
+
+
+def run_sweep(
+    path: str | Path,
+    out: str | Path | None = None,
+    jobs: int = 1,
+    progress: bool = True,
+    command: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Validate every run, then run the unfinished ones (in `jobs` processes).
+
+    Returns a summary: runs, ran, skipped, failed, out, seconds, failures (name -> error).
+    """
+    if jobs < 1:
+        raise UserError("--jobs", f"must be at least 1 (got {jobs})")
+    say = log or (lambda _msg: None)
+    sweep = load_sweep(path, out)
+    for note in check_runs(sweep):
+        say(f"note: {note}")
+    mark_finished(sweep)
+    todo = [r for r in sweep.runs if r.status != "done"]
+    if command is None:
+        command = "parse-dfl sweep " + shlex.join([str(path), "--out", str(sweep.out)])
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    write_status(sweep, command)
+    say(
+        f"sweep {sweep.name}: {len(sweep.runs)} runs, {len(sweep.runs) - len(todo)} finished "
+        f"before, {len(todo)} to run ({sum(r.resume for r in todo)} from a checkpoint) "
+        f"-> {sweep.out}"
+    )
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), desc=sweep.name, unit="run", disable=not progress)
+
+    def finish(r: RunSpec, outcome: dict[str, Any]) -> None:
+        r.status = outcome["status"]
+        r.seconds = outcome.get("seconds")
+        r.mean_accuracy = outcome.get("mean_accuracy")
+        r.mean_local_accuracy = outcome.get("mean_local_accuracy")
+        r.error = outcome.get("error")
+        if r.error:
+            bar.write(f"run {r.name} failed: {r.error}", file=sys.stderr)
+        bar.update(1)
+        write_status(sweep)
+
+    try:
+        if jobs == 1:
+            for r in todo:
+                r.status = "running"
+                bar.set_postfix_str(r.name)
+                raw = r.config.model_dump(mode="json")
+                finish(r, _run_one(raw, str(sweep.out / r.name), progress, r.resume))
+        else:
+            ctx = multiprocessing.get_context("spawn")  # no fork after torch threads started
+            pool = cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker)
+            try:
+                futures = {}
+                for r in todo:
+                    raw = r.config.model_dump(mode="json")
+                    fut = pool.submit(_run_one, raw, str(sweep.out / r.name), False, r.resume)
+                    futures[fut] = r
+                for fut in cf.as_completed(futures):
+                    r = futures[fut]
+                    try:
+                        outcome = fut.result()
+                    except Exception as e:  # the worker process died
+                        outcome = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+                    finish(r, outcome)
+                pool.shutdown(wait=True)
+            except BaseException:  # Ctrl-C or a crash here: stop the workers, keep what is done
+                _stop_pool(pool)
+                raise
+    finally:
+        bar.close()
+        for r in sweep.runs:
+            if r.status == "running":
+                r.status = "pending"
+        write_status(sweep)
+    failures = {r.name: r.error or "" for r in sweep.runs if r.status == "failed"}
+    return {
+        "name": sweep.name,
+        "out": str(sweep.out),
+        "runs": len(sweep.runs),
+        "ran": sum(1 for r in todo if r.status == "done"),
+        "skipped": len(sweep.runs) - len(todo),
+        "failed": len(failures),
+        "failures": failures,
+        "seconds": time.perf_counter() - start,
+        "ran_names": [r.name for r in todo],
+    }
+
+
+def describe(sweep: Sweep) -> str:
+    """Short listing of the runs a sweep file expands to (for docs and debugging)."""
+    lines = [f"{sweep.name}: {len(sweep.runs)} runs in {sweep.out}"]
+    lines += [f"  {r.name}" for r in sweep.runs]
+    return "\n".join(lines)
