@@ -113,3 +113,27 @@ def test_datasets_lists_every_source() -> None:
     assert proc.returncode == 0
     for name in ("watch", "mfeat", "basic-motions", "synthetic-pid", "npz"):
         assert name in proc.stdout
+
+
+def test_pid_command_writes_json(tmp_path) -> None:
+    out = tmp_path / "pid.json"
+    code = main(
+        [
+            "pid",
+            "configs/quick.yaml",
+            "--set",
+            "data.name=synthetic-pid",
+            "--set",
+            "data.setting=uniqueness0",
+            "--set",
+            "data.noise=1",
+            "--set",
+            "data.n_samples=2000",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    res = json.loads(out.read_text())
+    assert {"R", "U1", "U2", "S", "estimator"} <= set(res)
+    assert res["U1"] > 1.5 and max(res["R"], res["U2"], res["S"]) < 0.3

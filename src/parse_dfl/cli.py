@@ -156,6 +156,47 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pid(args: argparse.Namespace) -> int:
+    import json
+
+    from parse_dfl.config import load_config
+    from parse_dfl.diagnostics import dataset_pid
+
+    cfg = load_config(args.config, args.set)
+    if args.clusters is not None and args.clusters < 1:
+        raise UserError("--clusters", "must be at least 1")
+    res = dataset_pid(cfg, clusters=args.clusters, shuffles=args.shuffles)
+    m1, m2 = res["modalities"]
+    print(
+        f"PID of ({m1}, {m2}) about the label on '{res['dataset']}' ({res['n_samples']} samples, "
+        f"{res['clusters']} clusters per modality, estimator {res['estimator']}), in bits:"
+    )
+    rows = [
+        [
+            "R (redundant)",
+            "U1 (unique " + m1 + ")",
+            "U2 (unique " + m2 + ")",
+            "S (synergy)",
+            "I(X1,X2;Y)",
+        ]
+    ]
+    rows.append([f"{res[k]:.3f}" for k in ("R", "U1", "U2", "S", "I")])
+    print(_table(rows))
+    if args.json:
+        from parse_dfl.experiments.run import atomic_write
+
+        out = {
+            "R": res["R"],
+            "U1": res["U1"],
+            "U2": res["U2"],
+            "S": res["S"],
+            "estimator": res["estimator"],
+            **{k: v for k, v in res.items() if k not in ("R", "U1", "U2", "S", "estimator")},
+        }
+        atomic_write(Path(args.json), json.dumps(out, indent=2, default=float))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="parse-dfl", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -193,6 +234,23 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="report file (default DIR/report.md); figures go to DIR/figures")
     rp.add_argument("--no-tsne", action="store_true", help="skip the t-SNE of PARSE's slices")
     rp.set_defaults(func=_cmd_report)
+
+    pid = sub.add_parser(
+        "pid",
+        help="partial information decomposition of a dataset's two "
+        "modalities about the label (bits)",
+    )
+    pid.add_argument("config", help="YAML config file (its data section is used)")
+    pid.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    pid.add_argument("--json", metavar="FILE", help="also write the estimate as JSON")
+    pid.add_argument("--clusters", type=int, help="k-means bins per modality (default: by source)")
+    pid.add_argument(
+        "--shuffles",
+        type=int,
+        default=0,
+        help="also estimate on this many label-shuffled copies (bias check)",
+    )
+    pid.set_defaults(func=_cmd_pid)
 
     sub.add_parser("datasets", help="list data sources and whether each is available").set_defaults(
         func=_cmd_datasets
