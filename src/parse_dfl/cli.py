@@ -197,6 +197,42 @@ def _cmd_pid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_probe(args: argparse.Namespace) -> int:
+    import json
+
+    from parse_dfl.diagnostics import format_probe, probe_run
+
+    if args.clusters is not None and args.clusters < 1:
+        raise UserError("--clusters", "must be at least 1")
+    res = probe_run(args.run_dir, agent=args.agent, clusters=args.clusters)
+    print(format_probe(res))
+    if args.json:
+        from parse_dfl.experiments.run import atomic_write
+
+        atomic_write(Path(args.json), json.dumps(res, indent=2, default=float))
+    return 0
+
+
+def _cmd_missing(args: argparse.Namespace) -> int:
+    import json
+
+    from parse_dfl.diagnostics import format_missing, missing_modality_accuracy
+
+    dirs: list[Path] = []
+    for d in map(Path, args.run_dirs):
+        subs = sorted(p.parent for p in d.glob("*/results.json"))
+        # A folder of `parse-dfl run --methods ...` holds one run folder per method.
+        dirs += subs if (not (d / "results.json").is_file() and subs) else [d]
+    results = [missing_modality_accuracy(d) for d in dirs]
+    print(format_missing(results))
+    if args.json:
+        from parse_dfl.experiments.run import atomic_write
+
+        out = results[0] if len(results) == 1 else results
+        atomic_write(Path(args.json), json.dumps(out, indent=2, default=float))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="parse-dfl", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -251,6 +287,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="also estimate on this many label-shuffled copies (bias check)",
     )
     pid.set_defaults(func=_cmd_pid)
+
+    pr = sub.add_parser(
+        "probe",
+        help="what a PARSE run's unique/redundant/synergistic slices carry (linear probes, PID)",
+    )
+    pr.add_argument("run_dir", metavar="RUN-DIR", help="a finished PARSE run folder")
+    pr.add_argument(
+        "--agent", type=int, help="agent id (default: the first agent with two or more modalities)"
+    )
+    pr.add_argument("--clusters", type=int, help="k-means cells per slice for the PID")
+    pr.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    pr.set_defaults(func=_cmd_probe)
+
+    ms = sub.add_parser(
+        "missing",
+        help="accuracy of multimodal agents when one of their modalities fails at test time",
+    )
+    ms.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN-DIR",
+        help="finished run folder(s); a folder of per-method run folders counts as all of them",
+    )
+    ms.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    ms.set_defaults(func=_cmd_missing)
 
     sub.add_parser("datasets", help="list data sources and whether each is available").set_defaults(
         func=_cmd_datasets

@@ -153,9 +153,15 @@ class HarmonyModel(nn.Module):
         return blocks
 
     def unimodal_logits(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {m: self.heads[m](self.encoders[m](x[m])) for m in self.modalities}
+        """Each unimodal head on its encoder, for the modalities present in `x`."""
+        return {m: self.heads[m](self.encoders[m](x[m])) for m in self.modalities if m in x}
 
     def fused_logits(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The fusion classifier on the concatenated embeddings. If a modality is absent from
+        `x` (a failed sensor at test time) the classifier cannot run: the mean logits of the
+        present modalities' unimodal heads (stage 0's predictor) stand in."""
+        if any(m not in x for m in self.modalities):
+            return torch.stack(list(self.unimodal_logits(x).values()), dim=0).mean(dim=0)
         h = torch.cat([self.encoders[m](x[m]) for m in self.modalities], dim=1)
         return self.classifier(h)
 

@@ -4,11 +4,17 @@ Used by the baselines. With `modalities` = every modality of the dataset (dsgd-t
 modality the agent lacks is fed as zeros (`missing="zero"`) or left out of the mean
 (`missing="skip"`), so all agents have the same shape and can average every parameter;
 otherwise only the agent's own encoders exist.
+
+A failed sensor at test time: `held` (default None: not known) names the modalities the agent
+actually holds. A held modality absent from the input is left out of the mean, never
+zero-filled; an absent modality the agent does not hold follows `missing` as in training. With
+`held` = None every absent modality follows `missing` (the behaviour during training).
+parse_dfl.diagnostics.missing sets `held` to the agent's modalities.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -27,10 +33,12 @@ class FusionClassifier(nn.Module):
         n_classes: int,
         head_hidden: int = 0,
         missing: str = "zero",
+        held: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.modalities = modalities
         self.missing = missing
+        self.held: frozenset[str] | None = None if held is None else frozenset(held)
         self.input_shapes = input_shapes
         self.encoders = nn.ModuleDict(
             {m: build_encoder(kinds[m], input_shapes[m], width, embed_dim) for m in modalities}
@@ -49,10 +57,12 @@ class FusionClassifier(nn.Module):
         for m in self.modalities:
             xm = x.get(m)
             if xm is None:  # a modality this agent does not hold: zero-filled or skipped
-                if self.missing == "skip":
-                    continue
+                if self.missing == "skip" or (self.held is not None and m in self.held):
+                    continue  # (a held modality that is absent: a failed sensor, left out)
                 xm = ref.new_zeros((batch, *self.input_shapes[m]))
             feats.append(self.encoders[m](xm))
+        if not feats:
+            raise ValueError(f"none of the model's modalities {list(self.modalities)} is in x")
         return torch.stack(feats, dim=1).mean(dim=1)
 
     def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -5,6 +5,8 @@ u_m -> g_m            unique head, one per modality
 mean_m r_m -> g_r     redundant head (a unimodal agent uses its one r_m)
 Fuse({s_m}) -> g_s    synergy head, only with two or more modalities
 prediction = ensemble of the available heads (mean of logits, or of probabilities)
+
+A modality missing from the input at test time (a failed sensor) is left out: see forward.
 """
 
 from __future__ import annotations
@@ -70,20 +72,37 @@ class ParseModel(nn.Module):
         return blocks
 
     def forward(self, x: dict[str, torch.Tensor]) -> ParseOutput:
+        """Heads of the modalities present in `x` (normally all of the agent's).
+
+        A modality of the agent that is absent from `x` (a failed sensor at test time) is left
+        out: no unique head for it, the redundant head sees the mean r of the present
+        modalities, and the synergy head runs only with two or more present (the fused input
+        of an absent modality is filled with the mean of the present s slices, which for mean
+        fusion is exactly the mean of the present ones). With every modality present this is
+        the usual forward pass, operation for operation.
+        """
         d_u, d_r, _ = self.split
+        present = [m for m in self.modalities if m in x]
+        if not present:
+            raise ValueError(f"none of the model's modalities {list(self.modalities)} is in x")
         unique, redundant, synergy = {}, {}, {}
-        for m in self.modalities:
+        for m in present:
             h = self.encoders[m](x[m])
             unique[m], redundant[m], synergy[m] = (
                 h[:, :d_u],
                 h[:, d_u : d_u + d_r],
                 h[:, d_u + d_r :],
             )
-        heads = {f"unique.{m}": self.unique_heads[m](unique[m]) for m in self.modalities}
-        r = torch.stack([redundant[m] for m in self.modalities], dim=1).mean(dim=1)
+        heads = {f"unique.{m}": self.unique_heads[m](unique[m]) for m in present}
+        r = torch.stack([redundant[m] for m in present], dim=1).mean(dim=1)
         heads["redundant"] = self.redundant_head(r)
-        if self.multimodal:
-            s = self.fusion(torch.stack([synergy[m] for m in self.modalities], dim=1))
+        if self.multimodal and len(present) >= 2:
+            if len(present) == len(self.modalities):
+                s_in = torch.stack([synergy[m] for m in self.modalities], dim=1)
+            else:  # fusion modules expect every modality: stand in the mean of the present
+                s_mean = torch.stack([synergy[m] for m in present], dim=1).mean(dim=1)
+                s_in = torch.stack([synergy.get(m, s_mean) for m in self.modalities], dim=1)
+            s = self.fusion(s_in)
             heads["synergy"] = self.synergy_head(s)
         stacked = torch.stack(list(heads.values()), dim=0)
         if self.ensemble_rule == "probs":

@@ -1,0 +1,135 @@
+"""A sensor fails at test time: how well does a multimodal agent do with what it still has?
+
+For every multimodal agent of a finished run and every modality m it holds, the global-protocol
+accuracy (the union of all agents' held-out samples) when m is absent from the input and the
+agent answers with its other modalities. How each model copes with an absent modality:
+
+* parse (models/parse.py): the unique heads of the present modalities, the redundant head on
+  the mean r of the present ones, the synergy head only with two or more present.
+* local, dsgd-*, centralized (models/monolithic.py): the absent modality is left out of the
+  mean embedding (the model's `held` is set to the agent's modalities, so even dsgd-task, which
+  zero-fills modalities an agent does not hold, skips a held one that failed).
+* harmony (methods/harmony.py): the fusion classifier needs every embedding; without one the
+  agent falls back to the mean logits of its present modalities' unimodal heads.
+
+Nothing is retrained: these are the trained models of the run, as saved in models.pt.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["format_missing", "missing_modality_accuracy"]
+
+
+def missing_modality_accuracy(run_dir: str | Path) -> dict[str, Any]:
+    """Accuracy of a run's multimodal agents with all modalities and with each one dropped.
+
+    Returns a dict: run_dir, method, dataset, modalities (of the dataset), global_test_size,
+    agents [{id, type, modalities, all, dropped: {m: accuracy without m}}] (multimodal agents
+    only), by_type {type: {all, dropped: {m: ...}}}, mean {all, dropped: {m: mean over the
+    multimodal agents holding m}} and unimodal {m: mean accuracy of the run's agents that hold
+    only m, for scale; absent if there are none}. Accuracies are shares in [0, 1].
+
+    Raises UserError for a folder that is not a finished run, or a run without a multimodal
+    agent.
+    """
+    from parse_dfl.errors import UserError
+    from parse_dfl.evaluation import accuracy
+    from parse_dfl.experiments.run import load_run
+    from parse_dfl.models.monolithic import FusionClassifier
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(str(run_dir), "no such run folder")
+    results, setup, models = load_run(run_dir)
+    s = setup
+    rows: list[dict[str, Any]] = []
+    unimodal: dict[str, list[float]] = defaultdict(list)
+    for agent, model in zip(s.agents, models, strict=True):
+        mods = list(agent.modalities)
+        if isinstance(model, FusionClassifier):
+            model.held = frozenset(mods)  # a held modality absent from x: a failed sensor
+        if len(mods) < 2:
+            unimodal[mods[0]].append(accuracy(s.method, model, mods, s.x, s.y, s.global_test))
+            continue
+        full = accuracy(s.method, model, mods, s.x, s.y, s.global_test)
+        dropped = {
+            m: accuracy(s.method, model, [k for k in mods if k != m], s.x, s.y, s.global_test)
+            for m in mods
+        }
+        rows.append(
+            {
+                "id": agent.id,
+                "type": agent.type,
+                "modalities": mods,
+                "all": full,
+                "dropped": dropped,
+            }
+        )
+    if not rows:
+        raise UserError(str(run_dir), "the run has no multimodal agent")
+
+    def summary(group: list[dict[str, Any]]) -> dict[str, Any]:
+        per_mod: dict[str, list[float]] = defaultdict(list)
+        for r in group:
+            for m, v in r["dropped"].items():
+                per_mod[m].append(v)
+        order = [m for m in s.data.modalities if m in per_mod]
+        return {
+            "all": float(np.mean([r["all"] for r in group])),
+            "dropped": {m: float(np.mean(per_mod[m])) for m in order},
+        }
+
+    types: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        types[r["type"]].append(r)
+    return {
+        "run_dir": str(run_dir),
+        "method": results["method"],
+        "dataset": results.get("dataset"),
+        "modalities": list(s.data.modalities),
+        "global_test_size": int(len(s.global_test)),
+        "agents": rows,
+        "by_type": {t: summary(g) for t, g in types.items()},
+        "mean": summary(rows),
+        "unimodal": {m: float(np.mean(unimodal[m])) for m in s.data.modalities if m in unimodal},
+    }
+
+
+def format_missing(results: list[dict[str, Any]]) -> str:
+    """One row per run: mean accuracy (%) of its multimodal agents with every modality and
+    with each one dropped, then the unimodal agents' accuracy for scale."""
+    mods: list[str] = []
+    for r in results:
+        mods += [m for m in r["modalities"] if m not in mods]
+    head = ["run", "method", "all"] + [f"without {m}" for m in mods]
+    head += [f"{m}-only agents" for m in mods]
+    rows = [head]
+    for r in results:
+        row = [r["run_dir"], r["method"], f"{100 * r['mean']['all']:.1f}"]
+        row += [
+            f"{100 * r['mean']['dropped'][m]:.1f}" if m in r["mean"]["dropped"] else "-"
+            for m in mods
+        ]
+        row += [f"{100 * r['unimodal'][m]:.1f}" if m in r["unimodal"] else "-" for m in mods]
+        rows.append(row)
+    widths = [max(len(x[i]) for x in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            c.rjust(w) if i > 1 else c.ljust(w)
+            for i, (c, w) in enumerate(zip(x, widths, strict=True))
+        )
+        for x in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    n = {len(r["agents"]) for r in results}
+    return (
+        "global-protocol accuracy in % of the multimodal agents (mean over "
+        f"{'/'.join(map(str, sorted(n)))} agents) with every modality and with one dropped at "
+        "test time; unimodal agents of the same run for scale\n" + "\n".join(lines)
+    )
