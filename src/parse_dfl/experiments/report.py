@@ -411,9 +411,14 @@ def _link(path: Path, start: Path) -> str:
 
 
 def write_report(
-    root: str | Path, out: str | Path | None = None, tsne: bool = True, max_points: int = 1500
+    root: str | Path,
+    out: str | Path | None = None,
+    tsne: bool = True,
+    max_points: int = 1500,
+    figures: str | Path | None = None,
 ) -> Path:
-    """Write report.md (or `out`) and figures/ under `root`; returns the report's path."""
+    """Write report.md (or `out`) and the figures (under `root`/figures, or `figures`);
+    returns the report's path."""
     from parse_dfl.experiments import plots
 
     start = time.perf_counter()
@@ -421,7 +426,7 @@ def write_report(
     root = col.root
     out_path = Path(out) if out is not None else root / "report.md"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig_dir = root / "figures"
+    fig_dir = Path(figures) if figures is not None else root / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     here = out_path.parent
     groups = groups_of(col)
