@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from parse_dfl.engines.base import Engine, EngineResult
+from parse_dfl.engines.batched import BatchedEngine
 from parse_dfl.engines.reference import ReferenceEngine
 
-ENGINES: dict[str, type[Engine]] = {e.name: e for e in (ReferenceEngine,)}
+ENGINES: dict[str, type[Engine]] = {e.name: e for e in (ReferenceEngine, BatchedEngine)}
 
 __all__ = ["ENGINES", "Engine", "EngineResult"]
