@@ -13,18 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from parse_dfl.errors import UserError
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(
-            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+from parse_dfl.text import text_table
 
 
 def accuracy_table(results: list[dict[str, Any]]) -> str:
@@ -41,7 +30,7 @@ def accuracy_table(results: list[dict[str, Any]]) -> str:
         row.append(f"{100 * r['mean_local_accuracy']:.1f}")
         row.append(f"{r['wall_seconds']:.0f}")
         rows.append(row)
-    return _table(rows)
+    return text_table(rows)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -101,14 +90,18 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
         rows.append(
             [s.name, "yes" if ok else f"no ({why})", "+".join(s.default_modalities), s.description]
         )
-    print(_table(rows))
+    print(text_table(rows))
     return 0
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
     from parse_dfl.methods import METHODS
 
-    print(_table([["method", "description"]] + [[m.name, m.description] for m in METHODS.values()]))
+    print(
+        text_table(
+            [["method", "description"]] + [[m.name, m.description] for m in METHODS.values()]
+        )
+    )
     return 0
 
 
@@ -121,7 +114,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
         for key, default, doc in rows:
             print(f"| `{key}` | `{default}` | {doc.replace('|', '/')} |")
     else:
-        print(_table([["key", "default", "meaning"], *rows]))
+        print(text_table([["key", "default", "meaning"], *rows]))
     return 0
 
 
@@ -181,7 +174,7 @@ def _cmd_pid(args: argparse.Namespace) -> int:
         ]
     ]
     rows.append([f"{res[k]:.3f}" for k in ("R", "U1", "U2", "S", "I")])
-    print(_table(rows))
+    print(text_table(rows))
     if args.json:
         from parse_dfl.experiments.run import atomic_write
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from parse_dfl.errors import UserError
+from parse_dfl.text import text_table
 
 if TYPE_CHECKING:
     from parse_dfl.models.parse import ParseModel
@@ -279,19 +280,6 @@ def probe_run(
     }
 
 
-def _table(rows: list[list[str]]) -> str:
-    """Left-aligned first column, right-aligned others, a rule under the header."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(
-            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def format_probe(res: dict[str, Any]) -> str:
     """The probe result as readable tables."""
     mods = res["modalities"]
@@ -322,7 +310,7 @@ def format_probe(res: dict[str, Any]) -> str:
         else:
             row.append(f"{100 * res['heads'][h]:.1f}" if h in res["heads"] else "-")
         rows.append(row)
-    lines.append(_table(rows))
+    lines.append(text_table(rows))
     lines.append(f"ensemble of the model's heads: {100 * res['heads']['ensemble']:.1f} %")
     if not res["pid"]["pairs"]:
         lines += ["", "(unimodal agent: no slice pairs of two modalities to compare)"]
@@ -345,7 +333,7 @@ def format_probe(res: dict[str, Any]) -> str:
             if null:
                 row += [f"{p['null']['S']:.3f}", f"{p['null']['I']:.3f}"]
             rows.append(row)
-        lines.append(_table(rows))
+        lines.append(text_table(rows))
         sim = res["similarity"][key]
         lines += ["", f"(c) similarity of {a}'s and {b}'s slices (same samples)"]
         rows = [["pair", "cos same", "cos random", "linear CKA", "CCA top", "CCA mean"]]
@@ -361,7 +349,7 @@ def format_probe(res: dict[str, Any]) -> str:
                     f"{m['cca_mean']:.3f}",
                 ]
             )
-        lines.append(_table(rows))
+        lines.append(text_table(rows))
     lines += [
         "",
         "slices of one modality against each other (canonical correlations near 1: the "
@@ -381,5 +369,5 @@ def format_probe(res: dict[str, Any]) -> str:
                 ]
             )
     if len(rows) > 1:
-        lines.append(_table(rows))
+        lines.append(text_table(rows))
     return "\n".join(lines)
