@@ -20,12 +20,13 @@ Workloads (synthetic data, so any number of agents fits):
 Every (workload, size, engine) runs in a fresh subprocess, so peak memory (ru_maxrss) is its
 own. A measurement times `--rounds` rounds (local steps + gossip, no evaluation) after one
 warm-up round (`--warmup 0`: none); evaluation is timed once separately where it is
-affordable (its global test set grows with N, so it costs O(N^2)). Model FLOPs per round (forward + backward, counted with
-torch.utils.flop_counter on the reference engine for one round of a 10-agent system, scaled
-linearly in N) over the local-step time give the achieved GFLOP/s, compared with a 2048x2048
-float32 matmul measured in the same run on the same clock. When other jobs share the cores,
-wall times swing by 10x (a 2-thread OpenMP loop whose partner thread is descheduled waits at
-every barrier); `--threads 1 --clock cpu` measures each engine's time on one core instead.
+affordable (its global test set grows with N, so it costs O(N^2)). Model FLOPs per round
+(forward + backward, counted with torch.utils.flop_counter on the reference engine for one
+round of a 12-agent system, scaled linearly in N) over the local-step time give the achieved
+GFLOP/s, compared with a 2048x2048 float32 matmul measured in the same run on the same clock.
+When other jobs share the cores, wall times swing by 10x (a 2-thread OpenMP loop whose
+partner thread is descheduled waits at every barrier); `--threads 1 --clock cpu` measures
+each engine's time on one core instead.
 """
 
 from __future__ import annotations

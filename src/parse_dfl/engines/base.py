@@ -95,7 +95,8 @@ class Engine(ABC):
 
     @abstractmethod
     def block_rows(self, k: int) -> torch.Tensor:
-        """The holders' current copies of group k's block, flattened: (holders, numel)."""
+        """The holders' current copies of group k's block, flattened: (holders, numel), as a
+        fresh tensor (callers keep it across training steps)."""
 
     @abstractmethod
     def agent_models(self) -> list[nn.Module]:
@@ -207,11 +208,7 @@ class Engine(ABC):
                 self.stage = setup.method.stage_of(t)
                 self.enter_stage(self.stage)
             evaluating = t % cfg.train.eval_every == 0 or t == cfg.train.rounds
-            before = (
-                {k: self.block_rows(k).clone() for k in range(len(self.groups))}
-                if evaluating
-                else {}
-            )
+            before = {k: self.block_rows(k) for k in range(len(self.groups))} if evaluating else {}
             loss = self.local_round(t)
             conflict = self.conflicts(before) if evaluating else {}
             self.gossip(t)
