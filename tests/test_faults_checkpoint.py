@@ -61,16 +61,24 @@ def test_crashed_agent_is_isolated_in_gossip() -> None:
         assert np.allclose(np.asarray(W.sum(axis=0)).ravel(), 1.0)  # still doubly stochastic
 
 
-def test_resume_gives_the_same_result_bit_for_bit(tmp_path) -> None:
-    from parse_dfl.engines.reference import ReferenceEngine
+@pytest.mark.parametrize("engine", ["reference", "batched"])
+def test_resume_gives_the_same_result_bit_for_bit(tmp_path, engine) -> None:
+    from parse_dfl.engines import ENGINES
 
-    base = ("train.rounds=6", "checkpoint.every=2", "train.eval_every=2", "train.optimizer=sgd")
+    Engine = ENGINES[engine]
+    base = (
+        "train.rounds=6",
+        "checkpoint.every=2",
+        "train.eval_every=2",
+        "train.optimizer=sgd",
+        f"engine.name={engine}",
+    )
     full = run(quick_config(*base), tmp_path / "full", progress=False)
 
     class Killed(Exception):
         pass
 
-    original = ReferenceEngine.local_round
+    original = Engine.local_round
 
     def dies_in_round_5(self, round_):
         if round_ == 5:
@@ -78,12 +86,12 @@ def test_resume_gives_the_same_result_bit_for_bit(tmp_path) -> None:
         return original(self, round_)
 
     cut = tmp_path / "cut"
-    ReferenceEngine.local_round = dies_in_round_5  # type: ignore[method-assign]
+    Engine.local_round = dies_in_round_5  # type: ignore[method-assign]
     try:
         with pytest.raises(Killed):
             run(quick_config(*base), cut, progress=False)
     finally:
-        ReferenceEngine.local_round = original  # type: ignore[method-assign]
+        Engine.local_round = original  # type: ignore[method-assign]
     assert not (cut / "results.json").exists() and (cut / "checkpoint.pt").is_file()
 
     resumed = run(resume_config(cut), cut, progress=False, resume=True)

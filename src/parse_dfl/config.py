@@ -196,7 +196,11 @@ class TrainConfig(Section):
 
 
 class EngineConfig(Section):
-    name: str = Field("reference", description="engine that runs the rounds (see docs)")
+    name: str = Field(
+        "batched",
+        description="engine that runs the rounds: batched (default), reference (the plain "
+        "per-agent loop, the specification) or distributed (torchrun)",
+    )
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, or auto")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch)")
 
