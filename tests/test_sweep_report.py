@@ -11,7 +11,7 @@ from parse_dfl.cli import main
 from parse_dfl.config import load_config
 from parse_dfl.errors import UserError
 from parse_dfl.experiments.report import collect, write_report
-from parse_dfl.experiments.sweep import load_sweep, run_name, run_sweep
+from parse_dfl.experiments.sweep import load_sweep, run_name, run_sweep, select
 
 SMOKE = "configs/sweeps/smoke.yaml"
 RUNS = ["method=parse/seed=0", "method=parse/seed=1", "method=local/seed=0", "method=local/seed=1"]
@@ -74,6 +74,36 @@ def test_a_finished_folder_with_another_config_is_refused(smoke, tmp_path) -> No
     )
     with pytest.raises(UserError, match="train.rounds: 2 in the folder, 3 in the sweep"):
         run_sweep(sweep, out=out, progress=False)
+
+
+def test_only_selects_runs_and_engine_changes_keep_finished_runs(smoke, tmp_path) -> None:
+    out, _ = smoke
+    sweep = load_sweep(SMOKE, out=out)
+    select(sweep, ["seed=1", "method.name=parse", "method.name=local"])
+    assert sorted(r.name for r in sweep.runs) == ["method=local/seed=1", "method=parse/seed=1"]
+    with pytest.raises(UserError, match="no run of .* matches seed=7"):
+        select(load_sweep(SMOKE, out=out), ["seed=7"])
+    with pytest.raises(UserError, match="--only train.roundz: no such config key"):
+        select(load_sweep(SMOKE, out=out), ["train.roundz=2"])
+    # the finished runs were made with the default engine; asking for another engine (the
+    # same rounds computed differently) finds them finished instead of refusing the folder
+    summary = run_sweep(SMOKE, out=out, progress=False, only=["seed=0", "engine.name=batched"])
+    assert summary["runs"] == 2 and summary["skipped"] == 2 and summary["ran"] == 0
+    sweep = tmp_path / "reference.yaml"
+    sweep.write_text(
+        f"base: {Path('configs/quick.yaml').resolve()}\n"
+        "set: [train.rounds=2, train.local_steps=2, train.eval_every=1, engine.name=reference]\n"
+        "grid: {method.name: [parse, local], seed: [0, 1]}\n"
+    )
+    summary = run_sweep(sweep, out=out, progress=False, only=["seed=1"])
+    assert summary["skipped"] == 2 and summary["ran"] == 0
+    # another sweep folder takes the finished runs of the same config instead of rerunning
+    other = tmp_path / "other"
+    summary = run_sweep(sweep, out=other, progress=False, only=["seed=0"], reuse=[out])
+    assert summary["skipped"] == 2 and summary["ran"] == 0
+    a = json.loads((out / "method=parse/seed=0/results.json").read_text())
+    b = json.loads((other / "method=parse/seed=0/results.json").read_text())
+    assert a == b
 
 
 @pytest.mark.parametrize(

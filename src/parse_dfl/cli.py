@@ -125,6 +125,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         args.sweep,
         out=args.out,
         jobs=args.jobs,
+        only=args.only,
+        reuse=args.reuse,
         progress=not args.quiet,
         log=None if args.quiet else (lambda msg: print(msg, file=sys.stderr)),
     )
@@ -254,6 +256,21 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", help="sweep folder (default: the sweep file's `out`)")
     sw.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    sw.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run only the runs whose config has this value (repeat; one key given twice: "
+        "either value), e.g. --only seed=0",
+    )
+    sw.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="copy finished runs with exactly the same config from DIR instead of rerunning",
+    )
     sw.set_defaults(func=_cmd_sweep)
 
     rp = sub.add_parser(

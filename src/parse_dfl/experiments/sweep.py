@@ -286,7 +286,7 @@ def _resumable(run_dir: Path, cfg: Config) -> bool:
         have = build_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
     except (UserError, yaml.YAMLError, OSError):
         return False
-    return have.model_dump(mode="json") == cfg.model_dump(mode="json")
+    return _what(have.model_dump(mode="json")) == _what(cfg.model_dump(mode="json"))
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
@@ -297,6 +297,82 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
                 return d
         return None
     return None if a == b else f"{prefix.rstrip('.')}: {a!r} in the folder, {b!r} in the sweep"
+
+
+def _what(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The part of a config that defines a result: everything but `engine` (engines compute
+    the same rounds; switching engine or thread count must not invalidate finished runs)."""
+    return {k: v for k, v in cfg.items() if k != "engine"}
+
+
+def select(sweep: Sweep, only: list[str]) -> None:
+    """Keep the runs whose config matches every `KEY=VALUE` (several values of one key: any).
+
+    `--only seed=0 --only method.name=parse --only method.name=local` keeps seed 0 of PARSE
+    and local. A key that is not in the config, or a filter that keeps nothing, is an error.
+    """
+    wanted: dict[str, list[Any]] = {}
+    for item in only:
+        path, value = parse_override(item)
+        wanted.setdefault(".".join(path), []).append(value)
+
+    def lookup(cfg: dict[str, Any], key: str) -> Any:
+        node: Any = cfg
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise UserError(f"--only {key}", "no such config key")
+            node = node[part]
+        return node
+
+    def same(have: Any, want: Any) -> bool:
+        if isinstance(have, (list, tuple)) and isinstance(want, (list, tuple)):
+            return list(have) == list(want)
+        return have == want or str(have) == str(want)
+
+    keep = []
+    for r in sweep.runs:
+        cfg = r.config.model_dump(mode="json")
+        if all(any(same(lookup(cfg, k), v) for v in vs) for k, vs in wanted.items()):
+            keep.append(r)
+    if not keep:
+        raise UserError("--only", f"no run of {sweep.path} matches {' '.join(only)}")
+    sweep.runs = keep
+
+
+def reuse_finished(sweep: Sweep, sources: list[str | Path]) -> int:
+    """Copy into this sweep every finished run under `sources` (searched recursively) whose
+    config is exactly that of a pending run here (engine aside): the same experiment is never
+    computed twice across sweeps. Returns the number of runs copied."""
+    import shutil
+
+    found: dict[str, Path] = {}
+    for src in sources:
+        if not Path(src).is_dir():
+            raise UserError(f"--reuse {src}", "not a folder")
+        for res in sorted(Path(src).rglob("results.json")):
+            cfg = _finished_config(res.parent)
+            if cfg is None:
+                continue
+            try:
+                key = json.dumps(_what(build_config(cfg).model_dump(mode="json")), sort_keys=True)
+            except UserError:
+                continue  # a run of an older config schema
+            found.setdefault(key, res.parent)
+    copied = 0
+    for r in sweep.runs:
+        dest = sweep.out / r.name
+        if _finished_config(dest) is not None:
+            continue
+        key = json.dumps(_what(r.config.model_dump(mode="json")), sort_keys=True)
+        if key in found and found[key].resolve() != dest.resolve():
+            if dest.exists():
+                shutil.rmtree(dest)
+            tmp = dest.with_name(f".{dest.name}.copy")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(found[key], tmp)
+            tmp.rename(dest)
+            copied += 1
+    return copied
 
 
 def mark_finished(sweep: Sweep) -> None:
@@ -315,7 +391,7 @@ def mark_finished(sweep: Sweep) -> None:
             have = build_config(old).model_dump(mode="json")
         except UserError:
             have = old
-        diff = _first_difference(have, want)
+        diff = _first_difference(_what(have), _what(want))
         if diff is not None:
             raise UserError(
                 f"{sweep.out / r.name}",
@@ -415,8 +491,12 @@ def run_sweep(
     progress: bool = True,
     command: str | None = None,
     log: Callable[[str], None] | None = None,
+    only: list[str] | None = None,
+    reuse: list[str | Path] | None = None,
 ) -> dict[str, Any]:
-    """Validate every run, then run the unfinished ones (in `jobs` processes).
+    """Validate every run, then run the unfinished ones (in `jobs` processes); `only`
+    restricts the sweep to matching runs (see `select`); `reuse` copies finished runs of
+    the same config from other folders (see `reuse_finished`).
 
     Returns a summary: runs, ran, skipped, failed, out, seconds, failures (name -> error).
     """
@@ -424,12 +504,20 @@ def run_sweep(
         raise UserError("--jobs", f"must be at least 1 (got {jobs})")
     say = log or (lambda _msg: None)
     sweep = load_sweep(path, out)
+    if only:
+        select(sweep, only)
     for note in check_runs(sweep):
         say(f"note: {note}")
+    if reuse:
+        sweep.out.mkdir(parents=True, exist_ok=True)
+        say(
+            f"reused {reuse_finished(sweep, reuse)} finished runs from {', '.join(map(str, reuse))}"
+        )
     mark_finished(sweep)
     todo = [r for r in sweep.runs if r.status != "done"]
     if command is None:
-        command = "parse-dfl sweep " + shlex.join([str(path), "--out", str(sweep.out)])
+        extra = [x for item in only or [] for x in ("--only", item)]
+        command = "parse-dfl sweep " + shlex.join([str(path), "--out", str(sweep.out), *extra])
     sweep.out.mkdir(parents=True, exist_ok=True)
     write_status(sweep, command)
     say(
