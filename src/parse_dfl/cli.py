@@ -42,6 +42,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         if args.config or args.set or args.methods:
             raise UserError("--resume", "give only the run folder: its config is in it")
+        if args.nprocs:
+            resume_config(args.resume)  # refuse a finished or empty folder here, in one line
+            return _torchrun(args.nprocs, ["--resume", args.resume], args.quiet)
         r = run(resume_config(args.resume), Path(args.resume), progress=not args.quiet, resume=True)
         print(accuracy_table([r]))
         print(f"run folder: {args.resume}")
@@ -58,6 +61,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             else load_config(args.config, [*args.set, f"method.name={name.strip()}"])
         )
     out = Path(args.out) if args.out else None
+    if args.nprocs:
+        return _launch(args, configs, out)
     results = []
     for c in configs:
         target = out / c.method.name if (out is not None and len(configs) > 1) else out
@@ -79,6 +84,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if out is not None:
         print(f"run folder: {out}")
     return 0
+
+
+def _launch(args: argparse.Namespace, configs: list, out: Path | None) -> int:
+    """`--nprocs N`: each method as one torchrun job of N processes on this machine."""
+    for c in configs:
+        target = out / c.method.name if (out is not None and len(configs) > 1) else out
+        sets = [*args.set, f"method.name={c.method.name}", "engine.name=distributed"]
+        launch = [args.config, *[x for kv in sets for x in ("--set", kv)]]
+        if target is not None:
+            launch += ["--out", str(target)]
+        code = _torchrun(args.nprocs, launch, args.quiet)
+        if code:
+            return code
+    return 0
+
+
+def _torchrun(nprocs: int, launch: list[str], quiet: bool) -> int:
+    import subprocess
+
+    if nprocs < 1:
+        raise UserError("--nprocs", f"must be at least 1 (got {nprocs})")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc-per-node={nprocs}", "-m", "parse_dfl.launch", *launch,
+    ]  # fmt: skip
+    return subprocess.run([*cmd, "--quiet"] if quiet else cmd).returncode
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
@@ -244,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run folder (with several methods: one subfolder each)")
     r.add_argument("--methods", help="comma-separated methods to run on the same config")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument(
+        "--nprocs",
+        type=int,
+        metavar="N",
+        help="run on the distributed engine in N processes on this machine (torchrun)",
+    )
     r.add_argument(
         "--resume", metavar="RUN-DIR", help="continue an interrupted run from its checkpoint"
     )

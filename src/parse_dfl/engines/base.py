@@ -54,10 +54,7 @@ class Engine(ABC):
         self.plain_gossip = cfg.attack.kind in ("none", "label-flip") and cfg.robust.rule == "mean"
         self.dropped = 0
         self.stage = 0
-        models = build_models(setup)
-        self.regroup(models)
-        if cfg.method.common_init:
-            common_init(models, self.groups)
+        models = self.initial_models()
         self.sampler = BatchSampler(
             [len(a.train_idx) for a in setup.agents],
             cfg.train.batch_size,
@@ -65,6 +62,24 @@ class Engine(ABC):
             cfg.seed,
         )
         self.adopt(models)
+
+    def initial_models(self) -> list[nn.Module]:
+        """Every agent's model, seeded per agent, with shared blocks commonly initialised;
+        sets the holder groups."""
+        models = build_models(self.setup)
+        self.regroup(models)
+        if self.setup.cfg.method.common_init:
+            common_init(models, self.groups)
+        return models
+
+    def plan_models(self) -> list[nn.Module]:
+        """Models whose structure the share plan is asked about (no values needed)."""
+        return self.agent_models()
+
+    @property
+    def writes_output(self) -> bool:
+        """Whether this process writes the run folder (one process of a distributed run)."""
+        return True
 
     def regroup(self, models: list[nn.Module]) -> None:
         """Ask the method's share plan again: holder groups and their gossip schedule."""
@@ -168,7 +183,7 @@ class Engine(ABC):
         self.setup.method.load_state_dict(state["method"])
         self.stage = int(state["stage"])
         if self.stage:
-            self.regroup(self.agent_models())
+            self.regroup(self.plan_models())
         self.load_state_dict(state["engine"])
         return int(state["round"]), state["loop"]
 
@@ -244,5 +259,8 @@ class Engine(ABC):
             holder_graphs=self.schedule.describe(),
             wall_seconds=time.perf_counter() - start,
             live_rounds=loop["live_rounds"].numpy(),
-            extra={"dropped_messages": self.dropped},
+            extra={
+                "dropped_messages": self.dropped,
+                "resumed_at_round": first if first > 1 else None,
+            },
         )

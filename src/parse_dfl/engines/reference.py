@@ -43,16 +43,19 @@ class ReferenceEngine(Engine):
     name = "reference"
 
     def adopt(self, models: list[nn.Module]) -> None:
+        if not hasattr(self, "mine"):
+            self.mine = list(range(len(models)))  # the agents this process trains
         self.models = models
         self.params = [dict(m.named_parameters()) for m in models]
         self._make_optimizers()
 
     def _make_optimizers(self) -> None:
         s = self.setup
-        self.optimizers = []
-        for agent, model in zip(s.agents, self.models, strict=True):
+        self.optimizers: list[torch.optim.Optimizer | None] = [None] * len(self.models)
+        for a in self.mine:
+            agent, model = s.agents[a], self.models[a]
             scale = {b: s.method.lr_scale(agent, b) for b in param_blocks(model)}
-            self.optimizers.append(make_optimizer(model, s.cfg.train, scale))
+            self.optimizers[a] = make_optimizer(model, s.cfg.train, scale)
 
     def enter_stage(self, stage: int) -> None:
         s = self.setup
@@ -63,7 +66,7 @@ class ReferenceEngine(Engine):
     def state_dict(self) -> dict[str, Any]:
         return {
             "models": [m.state_dict() for m in self.models],
-            "optimizers": [o.state_dict() for o in self.optimizers],
+            "optimizers": [o.state_dict() for o in self.optimizers if o is not None],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -71,17 +74,25 @@ class ReferenceEngine(Engine):
             model.load_state_dict(sd)
         self._make_optimizers()
         for opt, sd in zip(self.optimizers, state["optimizers"], strict=True):
+            assert opt is not None
             opt.load_state_dict(sd)
 
     def local_round(self, round_: int) -> float:
+        losses = self.train_agents(round_)
+        return sum(losses) / max(1, len(losses))
+
+    def train_agents(self, round_: int) -> list[float]:
+        """Local steps of this process's live agents; every step's training loss."""
         s = self.setup
         batches = self.sampler.round(round_)
         trains = self.faults.trains(round_)
-        losses = []
-        for a, agent in enumerate(s.agents):
+        losses: list[float] = []
+        for a in self.mine:
+            agent = s.agents[a]
             if not trains[a]:
                 continue  # crashed or straggling this round
             model, opt = self.models[a], self.optimizers[a]
+            assert opt is not None
             model.train()
             for k in range(s.cfg.train.local_steps):
                 idx = s.train_idx[a][batches[a, k].to(s.device)]
@@ -91,7 +102,7 @@ class ReferenceEngine(Engine):
                 loss.backward()
                 opt.step()
                 losses.append(float(loss.detach()))
-        return sum(losses) / max(1, len(losses))
+        return losses
 
     def block_rows(self, k: int) -> torch.Tensor:
         g = self.groups[k]

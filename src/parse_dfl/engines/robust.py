@@ -55,12 +55,19 @@ def valid(message: torch.Tensor, like: torch.Tensor) -> bool:
 
 
 def robust_mix(
-    rows: torch.Tensor, sent: torch.Tensor, W: sp.csr_matrix, cfg: RobustConfig
+    rows: torch.Tensor,
+    sent: torch.Tensor,
+    W: sp.csr_matrix,
+    cfg: RobustConfig,
+    only: list[int] | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """New rows after one gossip step with checks and a robust rule; (rows, dropped count)."""
-    out = torch.empty_like(rows)
+    """New rows after one gossip step with checks and a robust rule; (rows, dropped count).
+
+    Row i depends only on rows[i] and on what its neighbours sent; `only` mixes just those
+    rows (a process mixing its own agents) and leaves the others as they are."""
+    out = rows.clone() if only is not None else torch.empty_like(rows)
     dropped = 0
-    for i in range(rows.shape[0]):
+    for i in range(rows.shape[0]) if only is None else only:
         lo, hi = W.indptr[i], W.indptr[i + 1]
         cols, weights = W.indices[lo:hi], W.data[lo:hi]
         own = rows[i]

@@ -98,7 +98,7 @@ def run(
     start = time.perf_counter()
     setup = build_setup(cfg)
     engine = ENGINES[cfg.engine.name](setup)
-    if out is not None and cfg.checkpoint.every and not resume:
+    if out is not None and cfg.checkpoint.every and not resume and engine.writes_output:
         atomic_write(
             Path(out) / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
         )
@@ -161,7 +161,10 @@ def run(
     }
     if out is not None:
         out = Path(out)
-        save_models(out / "models.pt", engine.agent_models())
+        models = engine.agent_models()  # collective on a distributed engine
+        if not engine.writes_output:
+            return results
+        save_models(out / "models.pt", models)
         atomic_write(out / "config.yaml", yaml.safe_dump(results["config"], sort_keys=False))
         atomic_write(out / "results.json", json.dumps(results, indent=2))
         (out / CHECKPOINT).unlink(missing_ok=True)

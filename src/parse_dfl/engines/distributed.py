@@ -1,0 +1,432 @@
+"""The distributed engine: agents split into contiguous shards, one shard per process of a
+`torch.distributed` job (gloo on CPU, nccl on CUDA), launched by `torchrun`.
+
+Inside a process the shard runs the reference engine's round (its own agents' local steps).
+Gossip sends only what a neighbour on another process needs: for each holder group, the rows
+of holders that have a cross-process edge in this round's mixing matrix. Every process
+derives the same topology, faults, attackers, batches and mixing matrices from the seed, so
+the two sides of every exchange agree on what is sent without asking, and no coordinator is
+needed beyond the rendezvous. Process 0 writes the run folder and the checkpoints.
+
+Agents of other processes exist here only as models on the `meta` device (shapes, no
+memory): the holder groups and the common initial values are computed exactly as in one
+process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from parse_dfl.engines.base import EngineResult
+from parse_dfl.engines.reference import ReferenceEngine
+from parse_dfl.engines.robust import corrupt, robust_mix
+from parse_dfl.engines.setup import Setup
+from parse_dfl.evaluation import accuracy
+from parse_dfl.graph.topology import derive_seed
+
+
+def ensure_process_group(device: torch.device) -> None:
+    """Join the job torchrun set up (RANK, WORLD_SIZE, MASTER_ADDR in the environment), or
+    start a one-process group so `engine.name: distributed` also runs without torchrun."""
+    if dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if "WORLD_SIZE" in os.environ:
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        # Keys under a prefix of their own per attempt: after torchrun restarts the job,
+        # no process may read an address the previous attempt left in the store.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.TCPStore(
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            is_master=False,
+            timeout=timedelta(minutes=5),
+        )
+        dist.init_process_group(
+            backend,
+            store=dist.PrefixStore(f"parse-dfl/attempt-{attempt}", store),
+            rank=int(os.environ["RANK"]),
+            world_size=int(os.environ["WORLD_SIZE"]),
+        )
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+
+
+def shards(n_agents: int, world: int) -> list[range]:
+    """Contiguous shards, sizes differing by at most one (the first ones get the extra)."""
+    base, extra = divmod(n_agents, world)
+    starts = [r * base + min(r, extra) for r in range(world + 1)]
+    return [range(starts[r], starts[r + 1]) for r in range(world)]
+
+
+class _Exchange:
+    """Who sends which holder rows to whom in one round: for every pair of processes, the
+    (group, holder position) pairs in a fixed order both sides compute alike."""
+
+    def __init__(self, engine: DistributedEngine, round_: int) -> None:
+        rank, owner = engine.rank, engine.owner
+        self.send: dict[int, list[tuple[int, int]]] = {}
+        self.recv: dict[int, list[tuple[int, int]]] = {}
+        self.mine: list[np.ndarray] = []  # per group: positions of this process's holders
+        self.cols: list[np.ndarray] = []  # per group: positions whose rows this process needs
+        self.W: list[sp.csr_matrix] = []
+        for k, g in enumerate(engine.groups):
+            W, _ = engine.schedule.mixing(k, round_)
+            own = owner[np.asarray(g.holders)]
+            self.W.append(W)
+            self.mine.append(np.flatnonzero(own == rank))
+            coo = W.tocoo()
+            i, j = coo.row, coo.col
+            cross = own[i] != own[j]
+            i, j = i[cross], j[cross]
+            to_me = own[i] == rank  # I mix row i and need j from its owner
+            from_me = own[j] == rank  # the owner of i needs my row j
+            needed = np.unique(j[to_me])
+            self.cols.append(np.union1d(self.mine[k], needed))
+            for q in needed:
+                self.recv.setdefault(int(own[q]), []).append((k, int(q)))
+            for dest, q in sorted(
+                set(zip(own[i[from_me]].tolist(), j[from_me].tolist(), strict=True))
+            ):
+                self.send.setdefault(int(dest), []).append((k, int(q)))
+        for lists in (self.send, self.recv):
+            for r in lists:
+                lists[r].sort()
+
+
+class DistributedEngine(ReferenceEngine):
+    name = "distributed"
+
+    def __init__(self, setup: Setup) -> None:
+        ensure_process_group(setup.device)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        n = len(setup.agents)
+        if self.world > n:
+            from parse_dfl.errors import UserError
+
+            raise UserError("engine", f"{self.world} processes for {n} agents: use at most {n}")
+        self.shard = shards(n, self.world)[self.rank]
+        self.owner = np.empty(n, dtype=np.int64)
+        for r, part in enumerate(shards(n, self.world)):
+            self.owner[part.start : part.stop] = r
+        self.mine = list(self.shard)
+        self.wire_bytes = 0  # bytes this process sent to other processes
+        self._exchange: dict[int, _Exchange] = {}
+        super().__init__(setup)
+
+    # --- building: real models for this shard, meta placeholders for the rest ------------
+    def _build(self, a: int, real: bool) -> nn.Module:
+        s = self.setup
+        torch.manual_seed(s.cfg.seed * 1_000_003 + s.agents[a].id)
+        if real:
+            return s.method.build_model(s.agents[a]).to(s.device)
+        with torch.device("meta"):
+            return s.method.build_model(s.agents[a])
+
+    def initial_models(self) -> list[nn.Module]:
+        n = len(self.setup.agents)
+        models = [self._build(a, a in self.shard) for a in range(n)]
+        self.regroup(models)
+        if self.setup.cfg.method.common_init:
+            with torch.no_grad():
+                for g in self.groups:
+                    dst = [a for a in g.holders[1:] if a in self.shard]
+                    if not dst:
+                        continue
+                    first = g.holders[0]
+                    src_model = models[first] if first in self.shard else self._build(first, True)
+                    src = dict(src_model.named_parameters())
+                    for a in dst:
+                        params = dict(models[a].named_parameters())
+                        for name in g.params:
+                            params[name].copy_(src[name])
+        return models
+
+    @property
+    def writes_output(self) -> bool:
+        return self.rank == 0
+
+    def plan_models(self) -> list[nn.Module]:
+        return self.models
+
+    # --- collectives ------------------------------------------------------------------
+    def _gather_states(self, everyone: bool) -> list[Any] | None:
+        """Every agent's (model, optimiser) state, in agent order: on every process, or on
+        process 0 only (None elsewhere)."""
+        mine = {}
+        for a in self.shard:
+            opt = self.optimizers[a]
+            mine[a] = (
+                {k: v.detach().cpu() for k, v in self.models[a].state_dict().items()},
+                opt.state_dict() if opt is not None else None,
+            )
+        parts: list[Any] = [None] * self.world
+        if everyone:
+            dist.all_gather_object(parts, mine)
+        else:
+            dist.gather_object(mine, parts if self.rank == 0 else None, dst=0)
+            if self.rank != 0:
+                return None
+        merged: dict[int, Any] = {}
+        for p in parts:
+            merged.update(p)
+        return [merged[a] for a in range(len(self.setup.agents))]
+
+    def _materialise(self, states: list[Any]) -> list[nn.Module]:
+        """Real modules for every agent from gathered states (own ones are kept as they are)."""
+        out = []
+        for a, (sd, _) in enumerate(states):
+            if a in self.shard:
+                out.append(self.models[a])
+                continue
+            m = self._build(a, True)
+            m.load_state_dict(sd)
+            out.append(m)
+        return out
+
+    def _drop_remote(self, models: list[nn.Module]) -> list[nn.Module]:
+        return [m if a in self.shard else self._build(a, False) for a, m in enumerate(models)]
+
+    # --- the round --------------------------------------------------------------------
+    def enter_stage(self, stage: int) -> None:
+        """A stage change sees every agent's model (e.g. clustering over all agents): gather
+        them everywhere, let the method act exactly as in one process, keep the own shard."""
+        s = self.setup
+        states = self._gather_states(everyone=True)
+        assert states is not None
+        models = self._materialise(states)
+        s.method.enter_stage(stage, s.agents, models)
+        self.regroup(models)
+        self.models = self._drop_remote(models)
+        self.params = [dict(m.named_parameters()) for m in self.models]
+        self._make_optimizers()
+        self._exchange.clear()
+
+    def local_round(self, round_: int) -> float:
+        losses = self.train_agents(round_)
+        total = torch.tensor([sum(losses), float(len(losses))], dtype=torch.float64)
+        dist.all_reduce(total)
+        return float(total[0] / max(1.0, float(total[1])))
+
+    def _plan(self, round_: int) -> _Exchange:
+        if self.schedule.static:
+            if -1 not in self._exchange:
+                self._exchange[-1] = _Exchange(self, round_)
+            return self._exchange[-1]
+        return _Exchange(self, round_)
+
+    def _row(self, k: int, a: int) -> torch.Tensor:
+        g = self.groups[k]
+        return torch.cat([self.params[a][n].detach().reshape(-1) for n in g.params])
+
+    def block_rows(self, k: int) -> torch.Tensor:
+        """This process's holders' rows of group k (in holder order)."""
+        g = self.groups[k]
+        mine = [a for a in g.holders if a in self.shard]
+        if not mine:
+            return torch.empty(0, g.numel, device=self.setup.device)
+        return torch.stack([self._row(k, a) for a in mine])
+
+    def _swap(
+        self, plan: _Exchange, outgoing: dict[tuple[int, int], torch.Tensor]
+    ) -> dict[tuple[int, int], torch.Tensor]:
+        """Send every peer its rows in one message, receive ours: isend/irecv pairs."""
+        dev = self.setup.device
+        sizes = [g.numel for g in self.groups]
+        ops, inbox = [], {}
+        for peer, items in plan.send.items():
+            buf = torch.cat([outgoing[item] for item in items]).contiguous()
+            self.wire_bytes += buf.numel() * buf.element_size()
+            ops.append(dist.P2POp(dist.isend, buf, peer))
+        dtype = next(self.models[self.shard.start].parameters()).dtype
+        for peer, items in plan.recv.items():
+            buf = torch.empty(sum(sizes[k] for k, _ in items), dtype=dtype, device=dev)
+            inbox[peer] = buf
+            ops.append(dist.P2POp(dist.irecv, buf, peer))
+        if ops:
+            for req in dist.batch_isend_irecv(ops):
+                req.wait()
+        got: dict[tuple[int, int], torch.Tensor] = {}
+        for peer, items in plan.recv.items():
+            offset = 0
+            for k, q in items:
+                got[(k, q)] = inbox[peer][offset : offset + sizes[k]]
+                offset += sizes[k]
+        return got
+
+    @torch.no_grad()
+    def gossip(self, round_: int) -> None:
+        cfg = self.setup.cfg
+        plan = self._plan(round_)
+        own_rows: dict[tuple[int, int], torch.Tensor] = {}
+        outgoing: dict[tuple[int, int], torch.Tensor] = {}
+        for k, g in enumerate(self.groups):
+            for q in plan.mine[k]:
+                own_rows[(k, int(q))] = self._row(k, g.holders[q])
+            if not self.plain_gossip and len(plan.mine[k]):
+                # what an attacker sends: corrupt() over all holders with the shared seed, so
+                # its noise is the noise it would draw in one process
+                bad = torch.from_numpy(self.attackers[np.asarray(g.holders)])
+                full = torch.zeros(len(g.holders), g.numel, device=self.setup.device)
+                for q in plan.mine[k]:
+                    full[q] = own_rows[(k, int(q))]
+                sent = corrupt(full, bad, cfg.attack, derive_seed(cfg.seed, round_, k))
+                for q in plan.mine[k]:
+                    outgoing[(k, int(q))] = sent[q]
+        if self.plain_gossip:
+            outgoing = own_rows
+        got = self._swap(plan, outgoing)
+        dropped = 0
+        for k, g in enumerate(self.groups):
+            mine = plan.mine[k]
+            if not len(mine):
+                continue
+            if self.plain_gossip:
+                cols = plan.cols[k]
+                X = torch.stack(
+                    [
+                        own_rows[(k, int(q))] if (k, int(q)) in own_rows else got[(k, int(q))]
+                        for q in cols
+                    ]
+                )
+                Wm = plan.W[k][mine][:, cols].toarray()
+                mixed = torch.as_tensor(Wm, dtype=X.dtype, device=X.device) @ X
+                rows = {int(q): mixed[i] for i, q in enumerate(mine)}
+            else:
+                full = torch.zeros(len(g.holders), g.numel, device=self.setup.device)
+                sent = torch.zeros_like(full)
+                for (kk, q), row in own_rows.items():
+                    if kk == k:
+                        full[q], sent[q] = row, outgoing[(k, q)]
+                for (kk, q), row in got.items():
+                    if kk == k:
+                        sent[q] = row
+                new, d = robust_mix(full, sent, plan.W[k], cfg.robust, only=mine.tolist())
+                dropped += d
+                rows = {int(q): new[q] for q in mine}
+            for q, row in rows.items():
+                a, offset = g.holders[q], 0
+                for n in g.params:
+                    p = self.params[a][n]
+                    p.copy_(row[offset : offset + p.numel()].view_as(p))
+                    offset += p.numel()
+        if not self.plain_gossip:
+            total = torch.tensor([dropped], dtype=torch.int64)
+            dist.all_reduce(total)
+            self.dropped += int(total)
+
+    def conflicts(self, before: dict[int, torch.Tensor]) -> dict[str, float]:
+        """The mean cosine over (unimodal, multimodal) pairs is <sum of unit unimodal
+        updates, sum of unit multimodal updates> / (pairs): two sums per block suffice."""
+        agents = self.setup.agents
+        out: dict[str, float] = {}
+        for k, rows in before.items():
+            g = self.groups[k]
+            multi_all = np.array([len(agents[a].modalities) > 1 for a in g.holders])
+            if multi_all.all() or not multi_all.any():
+                continue
+            mine = [a for a in g.holders if a in self.shard]
+            sums = torch.zeros(2, g.numel, dtype=torch.float64)
+            if mine:
+                delta = torch.nn.functional.normalize(
+                    (self.block_rows(k) - rows).double().cpu(), dim=1
+                )
+                multi = torch.tensor([len(agents[a].modalities) > 1 for a in mine])
+                sums[0] = delta[~multi].sum(0)
+                sums[1] = delta[multi].sum(0)
+            dist.all_reduce(sums)
+            pairs = float((~multi_all).sum() * multi_all.sum())
+            out[g.label] = float(sums[0] @ sums[1]) / pairs
+        return out
+
+    def evaluate(self) -> tuple[list[float], list[float]]:
+        s = self.setup
+        mine = {
+            a: (
+                accuracy(s.method, self.models[a], s.agents[a].modalities, s.x, s.y, s.global_test),
+                accuracy(s.method, self.models[a], s.agents[a].modalities, s.x, s.y, s.test_idx[a]),
+            )
+            for a in self.shard
+        }
+        parts: list[Any] = [None] * self.world
+        dist.all_gather_object(parts, mine)
+        merged: dict[int, tuple[float, float]] = {}
+        for p in parts:
+            merged.update(p)
+        n = len(s.agents)
+        return [merged[a][0] for a in range(n)], [merged[a][1] for a in range(n)]
+
+    # --- state: the reference engine's format, gathered on process 0 -----------------------
+    def state_dict(self) -> dict[str, Any]:
+        states = self._gather_states(everyone=False)
+        if states is None:
+            return {}
+        return {"models": [sd for sd, _ in states], "optimizers": [o for _, o in states]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for a in self.shard:
+            self.models[a].load_state_dict(state["models"][a])
+        self._make_optimizers()
+        for a in self.shard:
+            opt = self.optimizers[a]
+            assert opt is not None
+            opt.load_state_dict(state["optimizers"][a])
+
+    def save_checkpoint(self, path: Path, round_: int, loop: dict[str, Any]) -> None:
+        """Process 0 writes one checkpoint of every agent (the reference engine's format, so
+        a run may resume on any engine); the others wait until it is on disk."""
+        wire = torch.tensor([self.wire_bytes], dtype=torch.int64)
+        dist.all_reduce(wire)
+        loop = {**loop, "wire_bytes": int(wire)}
+        if self.rank == 0:
+            super().save_checkpoint(path, round_, loop)
+        else:
+            self.state_dict()  # take part in the gather
+        dist.barrier()
+
+    def load_checkpoint(self, path: Path) -> tuple[int, dict[str, Any]]:
+        round_, loop = super().load_checkpoint(path)
+        # the bytes sent before the restart, counted once (the total is summed over processes)
+        self.wire_bytes = int(loop.pop("wire_bytes", 0)) if self.rank == 0 else 0
+        return round_, loop
+
+    def agent_models(self) -> list[nn.Module]:
+        """Every agent's model on process 0 (collective); elsewhere the own shard's only."""
+        states = self._gather_states(everyone=False)
+        if states is None:
+            return [self.models[a] for a in self.shard]
+        return self._materialise(states)
+
+    def run(
+        self, progress: bool = True, checkpoint_dir: Path | None = None, resume: bool = False
+    ) -> EngineResult:
+        res = super().run(
+            progress=progress and self.rank == 0, checkpoint_dir=checkpoint_dir, resume=resume
+        )
+        wire = torch.tensor([self.wire_bytes], dtype=torch.int64)
+        dist.all_reduce(wire)
+        rounds = self.setup.cfg.train.rounds
+        res.extra.update(
+            {
+                "processes": self.world,
+                "restarts": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+                "bytes_between_processes": int(wire),
+                "bytes_between_processes_per_round": float(int(wire) / rounds),
+                "bytes_between_agents_per_round": float(res.bytes_sent.sum() / rounds),
+            }
+        )
+        return res
