@@ -28,7 +28,15 @@ from parse_dfl.experiments.sweep import slug
 
 REFERENCE_METHODS = {"centralized"}  # upper references: not decentralized, never "best"
 WILDCARD = "*"  # group value of a reference run that is shown in every group
-IGNORED_KEYS = {"method.name", "seed", "engine.device", "engine.threads", "checkpoint.every"}
+# Not settings of an experiment: engines compute the same rounds (see sweep._what)
+IGNORED_KEYS = {
+    "method.name",
+    "seed",
+    "engine.name",
+    "engine.device",
+    "engine.threads",
+    "checkpoint.every",
+}
 PROTOCOLS = (
     ("global", "by_type", "mean_accuracy"),
     ("local", "by_type_local", "mean_local_accuracy"),
@@ -503,6 +511,7 @@ def write_report(
             path = plots.vs_key_figure(col, key, runs, fig_dir / f"vs_{slug(key)}.png")
             md += [f"### {key}", "", f"{how}.", "", img(path, f"accuracy vs {key}"), ""]
 
+    md += _robustness_section(col, groups)
     md += _conflict_section(col, groups)
     md += _tsne_section(col, groups, fig_dir, here, tsne, max_points)
     md += _runs_section(col, here)
@@ -616,6 +625,50 @@ def _cost_table(runs: list[RunRecord]) -> list[str]:
         kb = mean_std([r.res.get("bytes_sent_per_round_per_agent", math.nan) / 1e3 for r in mine])
         sec = mean_std([r.res.get("wall_seconds", math.nan) for r in mine])
         md.append(f"| {method_label(m)} | {_fmt(kb)} | {_fmt(sec)} |")
+    return md + [""]
+
+
+def _disturbed(r: RunRecord) -> bool:
+    faults = r.res.get("faults", {})
+    return bool(
+        faults.get("crashed_agents")
+        or any(faults.get(k) for k in ("link_failure", "straggler", "message_loss"))
+        or r.res.get("attack", {}).get("attackers")
+        or r.res.get("attack", {}).get("robust_rule", "mean") != "mean"
+    )
+
+
+def _robustness_section(col: Collection, groups: list) -> list[str]:
+    """Under faults or attacks, the agents that matter are the live and the honest ones."""
+    if not any(_disturbed(r) for r in col.runs):
+        return []
+    md = ["## Faults and attacks: live and honest agents", ""]
+    md += [
+        "Global-protocol accuracy in % (mean ± std over seeds) of all agents, of the agents "
+        "live at the end (crashed ones never come back), and of the honest agents (attackers "
+        "excluded); messages dropped by the receivers' checks (shape, dtype, finite values) "
+        "over the run.",
+        "",
+        "| setting | method | all agents | live agents | honest agents | crashed | attackers "
+        "| dropped messages |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for group, runs in groups:
+        for m in method_order({r.method for r in runs}):
+            mine = [r for r in runs if r.method == m]
+            cells = [
+                _fmt(mean_std([100 * r.res.get(k, math.nan) for r in mine]))
+                for k in ("mean_accuracy", "mean_accuracy_live", "mean_accuracy_honest")
+            ]
+            crashed = mean_std(
+                [len(r.res.get("faults", {}).get("crashed_agents", [])) for r in mine]
+            )
+            bad = mean_std([len(r.res.get("attack", {}).get("attackers", [])) for r in mine])
+            dropped = mean_std([r.res.get("dropped_messages", 0) for r in mine])
+            md.append(
+                f"| {group_label(col, group)} | {method_label(m)} | {' | '.join(cells)} "
+                f"| {crashed[0]:.0f} | {bad[0]:.0f} | {dropped[0]:.0f} |"
+            )
     return md + [""]
 
 
