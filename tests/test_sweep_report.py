@@ -59,7 +59,15 @@ def test_report_from_the_smoke_sweep(smoke, capsys) -> None:
     assert "PARSE − best baseline" in text and "points**" in text
     assert "Gradient conflict" in text and "`enc.acc`" in text
     assert "parse-dfl sweep configs/sweeps/smoke.yaml" in text
-    for fig in ("curves_all.png", "by_type_all.png", "tsne_class.png", "tsne_slices.png"):
+    assert "## What the data offers and what PARSE's slices hold" in text
+    assert "| `method=parse/seed=0` agent" in text  # the lowest-seed PARSE run is probed
+    for fig in (
+        "curves_all.png",
+        "by_type_all.png",
+        "tsne_class.png",
+        "tsne_slices.png",
+        "pid_probe_all.png",
+    ):
         assert (out / "figures" / fig).stat().st_size > 1000
         assert f"](figures/{fig})" in text
 

@@ -177,7 +177,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from parse_dfl.experiments.report import write_report
 
-    path = write_report(args.dir, out=args.out, tsne=not args.no_tsne, figures=args.figures)
+    path = write_report(
+        args.dir, out=args.out, tsne=not args.no_tsne, figures=args.figures, pid=not args.no_pid
+    )
     print(f"report: {path}")
     return 0
 
@@ -317,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="report file (default DIR/report.md); figures go to DIR/figures")
     rp.add_argument("--figures", help="folder for the PNG figures (default DIR/figures)")
     rp.add_argument("--no-tsne", action="store_true", help="skip the t-SNE of PARSE's slices")
+    rp.add_argument(
+        "--no-pid", action="store_true", help="skip the dataset PID and the slice probes"
+    )
     rp.set_defaults(func=_cmd_report)
 
     pid = sub.add_parser(

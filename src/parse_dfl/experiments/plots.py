@@ -239,3 +239,45 @@ def tsne_figures(run_dir: Path, fig_dir: Path, max_points: int = 1500) -> dict[s
         "note": note,
         "cosines": cosines,
     }
+
+
+def pid_probe_figure(pid: dict[str, Any], probe: dict[str, Any], path: Path, title: str) -> Path:
+    """Left: the dataset's PID (what the data offers). Right: what each slice of a trained
+    PARSE agent carries (linear-probe accuracy), with chance as a line."""
+    fig = Figure(figsize=(10, 3.4))
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 2]})
+    m1, m2 = pid["modalities"]
+    names = ["R", f"U1 ({m1})", f"U2 ({m2})", "S"]
+    values = [pid[k] for k in ("R", "U1", "U2", "S")]
+    colours = ["#4477aa", "#66ccee", "#228833", "#ee6677"]
+    ax1.bar(names, values, color=colours)
+    if pid.get("null_S") is not None:
+        ax1.axhline(pid["null_S"], color="grey", ls=":", lw=1, label="S, shuffled labels")
+        ax1.legend(fontsize=7, loc="upper right")
+    ax1.set_ylabel("bits")
+    ax1.set_title(f"dataset PID ({pid['clusters']} cells per modality)", fontsize=9)
+    ax1.tick_params(axis="x", labelsize=8)
+
+    acc = probe["probe"]["accuracy"]
+    mods = probe["modalities"]
+    slice_colour = {"r": "#4477aa", "u": "#66ccee", "s": "#ee6677"}
+    labels, heights, cols = [], [], []
+    for m in mods:
+        for s in ("u", "r", "s"):
+            labels.append(f"{s}_{m}")
+            heights.append(100 * acc[f"{s}_{m}"])
+            cols.append(slice_colour[s])
+    for fused, s in (("r_fused", "r"), ("s_fused", "s")):
+        if fused in acc:
+            labels.append(fused)
+            heights.append(100 * acc[fused])
+            cols.append(slice_colour[s])
+    ax2.bar(labels, heights, color=cols)
+    ax2.axhline(100 * probe["chance"], color="grey", ls=":", lw=1, label="commonest class")
+    ax2.set_ylim(0, 100)
+    ax2.set_ylabel("linear-probe accuracy (%)")
+    ax2.set_title(f"slices of agent {probe['agent']} ({probe['type']})", fontsize=9)
+    ax2.tick_params(axis="x", labelsize=8, rotation=30)
+    ax2.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

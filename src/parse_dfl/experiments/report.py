@@ -27,6 +27,7 @@ from parse_dfl.errors import UserError
 from parse_dfl.experiments.sweep import slug
 
 REFERENCE_METHODS = {"centralized"}  # upper references: not decentralized, never "best"
+MAX_PID_CELLS = 70_000  # dataset PID tables larger than this take minutes: left to `parse-dfl pid`
 WILDCARD = "*"  # group value of a reference run that is shown in every group
 # Not settings of an experiment: engines compute the same rounds (see sweep._what)
 IGNORED_KEYS = {
@@ -424,6 +425,7 @@ def write_report(
     tsne: bool = True,
     max_points: int = 1500,
     figures: str | Path | None = None,
+    pid: bool = True,
 ) -> Path:
     """Write report.md (or `out`) and the figures (under `root`/figures, or `figures`);
     returns the report's path."""
@@ -514,6 +516,8 @@ def write_report(
     md += _robustness_section(col, groups)
     md += _conflict_section(col, groups)
     md += _tsne_section(col, groups, fig_dir, here, tsne, max_points)
+    if pid:
+        md += _pid_section(col, groups, fig_dir, here)
     md += _runs_section(col, here)
     md += _time_section(col, methods)
     md += [f"Report written in {time.perf_counter() - start:.0f} s.", ""]
@@ -670,6 +674,75 @@ def _robustness_section(col: Collection, groups: list) -> list[str]:
                 f"| {crashed[0]:.0f} | {bad[0]:.0f} | {dropped[0]:.0f} |"
             )
     return md + [""]
+
+
+def _pid_section(col: Collection, groups: list, fig_dir: Path, here: Path) -> list[str]:
+    """Per setting: the dataset's PID next to what each slice of a trained PARSE agent
+    carries (first multimodal agent of the lowest-seed PARSE run)."""
+    from parse_dfl.config import build_config
+    from parse_dfl.diagnostics import dataset_pid, probe_run
+    from parse_dfl.diagnostics.pid import default_clusters
+    from parse_dfl.experiments import plots
+
+    md: list[str] = []
+    skipped: list[str] = []
+    cache: dict[str, dict[str, Any]] = {}
+    rows = []
+    for group, runs in groups:
+        parse_runs = sorted((r for r in runs if r.method == "parse"), key=lambda r: r.seed)
+        if not parse_runs:
+            continue
+        r = parse_runs[0]
+        cfg = build_config(r.res["config"])
+        if len(cfg.data.modalities or r.res.get("modalities", [])) < 2:
+            continue
+        key = cfg.data.model_dump_json()
+        if key not in cache:
+            k = default_clusters(cfg)
+            cells = k * k * int(r.res.get("n_classes", 0))
+            if cells > MAX_PID_CELLS:
+                skipped.append(
+                    f"{group_label(col, group)}: {k} x {k} cells x {r.res.get('n_classes')} "
+                    f"classes is too large a table for the report (`parse-dfl pid` computes it)"
+                )
+                continue
+            cache[key] = dataset_pid(cfg, shuffles=2)
+        data_pid = cache[key]
+        data_pid["null_S"] = data_pid.get("null", {}).get("S")
+        try:
+            probe = probe_run(col.root / r.dir)
+        except UserError:
+            continue
+        label = group_label(col, group)
+        path = plots.pid_probe_figure(
+            data_pid, probe, fig_dir / f"pid_probe_{group_slug(col, group)}.png", label
+        )
+        rows.append((label, r, data_pid, probe, path))
+    if not rows:
+        return []
+    md += ["## What the data offers and what PARSE's slices hold", ""]
+    md += [
+        "Left of each figure: the dataset's partial information decomposition about the label "
+        "(bits; `parse-dfl pid`, docs/pid.md): R what both modalities know, U1 / U2 what only "
+        "one knows, S what needs both. Right: linear-probe accuracy of each slice of one "
+        "trained PARSE agent on the global test set (`parse-dfl probe`): u unique, r redundant, "
+        "s synergistic, per modality, and the fused r and s. If the slices held what their names "
+        "say, r would carry the label where R is large, u where U is, s where S is.",
+        "",
+    ]
+    acc_keys = sorted({k for *_, p, _ in rows for k in p["probe"]["accuracy"]})
+    head = ["setting", "run", "R", "U1", "U2", "S", *acc_keys]
+    md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, r, d, p, _ in rows:
+        acc = p["probe"]["accuracy"]
+        cells = [f"{d[k]:.2f}" for k in ("R", "U1", "U2", "S")]
+        cells += [f"{100 * acc[k]:.1f}" if k in acc else "–" for k in acc_keys]
+        md.append(f"| {label} | `{r.label}` agent {p['agent']} | " + " | ".join(cells) + " |")
+    md += [""]
+    for label, *_, path in rows:
+        md += [f"![PID and slice probes, {label}]({_link(path, here)})", ""]
+    md += [f"- not shown: {note}" for note in skipped]
+    return md + ([""] if skipped else [])
 
 
 def _conflict_section(col: Collection, groups: list) -> list[str]:
