@@ -482,7 +482,9 @@ class BatchedEngine(Engine):
             saved[1] = max(saved[1], size)
             return t
 
-        ref_grads, ref_loss, used_sets = [], [], []
+        ref_grads: list[dict[str, torch.Tensor]] = []
+        ref_loss: list[float] = []
+        used_sets: list[list[str]] = []
         with self._rng_untouched():
             self._probe_reference(c, batch, k, pack, ref_grads, ref_loss, used_sets)
         c.used = used_sets[0]
@@ -505,6 +507,7 @@ class BatchedEngine(Engine):
         other = [n for n in c.names if n not in used]
 
         def loss_of(train: dict, rest: dict, x: dict, y: torch.Tensor) -> torch.Tensor:
+            assert c.loss_fn is not None
             return functional_call(c.loss_fn, (train, rest), (x, y))
 
         c.grad_fn = vmap(grad_and_value(loss_of), randomness="error")
@@ -516,8 +519,10 @@ class BatchedEngine(Engine):
             self._fall_back(c, f"vmap failed ({type(e).__name__}: {e})")
             return
         for r in range(k):
-            num = sum(float((grads[n][r] - ref_grads[r][n]).double().square().sum()) for n in used)
-            den = sum(float(ref_grads[r][n].double().square().sum()) for n in used)
+            num = math.fsum(
+                float((grads[n][r] - ref_grads[r][n]).double().square().sum()) for n in used
+            )
+            den = math.fsum(float(ref_grads[r][n].double().square().sum()) for n in used)
             ok = math.isfinite(num) and math.sqrt(num) <= 1e-4 * math.sqrt(den) + 1e-6
             ok = ok and abs(float(losses[r]) - ref_loss[r]) <= 1e-4 * (abs(ref_loss[r]) + 1e-3)
             if not ok:
@@ -724,6 +729,7 @@ class BatchedEngine(Engine):
         params |= {f"model.{n}": b[rows] for n, b in c.B.items()}
 
         def logits_of(p: dict, xx: dict) -> torch.Tensor:
+            assert c.logits_fn is not None
             return functional_call(c.logits_fn, p, (xx,))
 
         fn = vmap(logits_of, in_dims=(0, None if shared else 0), randomness="error")

@@ -699,8 +699,8 @@ def _pid_section(col: Collection, groups: list, fig_dir: Path, here: Path) -> li
         key = cfg.data.model_dump_json()
         if key not in cache:
             k = default_clusters(cfg)
-            cells = k * k * int(r.res.get("n_classes", 0))
-            if cells > MAX_PID_CELLS:
+            n_cells = k * k * int(r.res.get("n_classes", 0))
+            if n_cells > MAX_PID_CELLS:
                 skipped.append(
                     f"{group_label(col, group)}: {k} x {k} cells x {r.res.get('n_classes')} "
                     f"classes is too large a table for the report (`parse-dfl pid` computes it)"
