@@ -4,6 +4,7 @@ UserError line; nothing else escapes (no traceback for the user)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +24,13 @@ SCALARS = st.one_of(
     st.dictionaries(st.text(max_size=6), st.integers(-3, 40), max_size=3),
 )
 COUNTS = {"tried": 0, "refused": 0}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _report_counts():
+    """Say how many malformed inputs were thrown and refused (visible with pytest -s)."""
+    yield
+    print(f"\nbad input: {COUNTS['tried']} inputs tried, {COUNTS['refused']} refused cleanly")
 
 
 def nested(flat: dict[str, object]) -> dict[str, object]:
