@@ -30,7 +30,7 @@ from torch import nn
 from parse_dfl.engines.base import EngineResult
 from parse_dfl.engines.reference import ReferenceEngine
 from parse_dfl.engines.robust import corrupt, robust_mix
-from parse_dfl.engines.setup import Setup
+from parse_dfl.engines.setup import Setup, build_model
 from parse_dfl.evaluation import accuracy
 from parse_dfl.graph.topology import derive_seed
 
@@ -130,12 +130,8 @@ class DistributedEngine(ReferenceEngine):
 
     # --- building: real models for this shard, meta placeholders for the rest ------------
     def _build(self, a: int, real: bool) -> nn.Module:
-        s = self.setup
-        torch.manual_seed(s.cfg.seed * 1_000_003 + s.agents[a].id)
-        if real:
-            return s.method.build_model(s.agents[a]).to(s.device)
-        with torch.device("meta"):
-            return s.method.build_model(s.agents[a])
+        meta = None if real else torch.device("meta")
+        return build_model(self.setup, self.setup.agents[a], meta)
 
     def initial_models(self) -> list[nn.Module]:
         n = len(self.setup.agents)

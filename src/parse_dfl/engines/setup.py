@@ -81,13 +81,19 @@ def build_setup(cfg: Config) -> Setup:
     )
 
 
+def build_model(setup: Setup, agent: AgentSpec, device: torch.device | None = None) -> nn.Module:
+    """One agent's model, initialised from its own seed: the same values in any process.
+    On the `meta` device it has shapes only (what a process needs of others' agents)."""
+    torch.manual_seed(setup.cfg.seed * 1_000_003 + agent.id)
+    if device is not None and device.type == "meta":
+        with device:
+            return setup.method.build_model(agent)
+    return setup.method.build_model(agent).to(device or setup.device)
+
+
 def build_models(setup: Setup) -> list[nn.Module]:
     """One model per agent, each initialised from its own seed (then see `common_init`)."""
-    models = []
-    for agent in setup.agents:
-        torch.manual_seed(setup.cfg.seed * 1_000_003 + agent.id)
-        models.append(setup.method.build_model(agent).to(setup.device))
-    return models
+    return [build_model(setup, agent) for agent in setup.agents]
 
 
 def holder_groups(setup: Setup, models: list[nn.Module]) -> list[BlockGroup]:
