@@ -63,3 +63,17 @@ def test_label_flip_attackers_train_on_flipped_labels_but_run_completes() -> Non
     )
     assert len(res["attack"]["attackers"]) == 2
     assert 0.0 <= res["mean_accuracy_honest"] <= 1.0 and res["dropped_messages"] == 0
+
+
+def test_a_trim_that_cuts_nothing_is_reported() -> None:
+    from parse_dfl.engines import ENGINES
+    from parse_dfl.engines.robust import trim_is_void
+    from parse_dfl.engines.setup import build_setup
+
+    ring = np.array([2, 2, 2])  # 3 values per coordinate: int(0.2 x 3) = 0 cut at each end
+    assert trim_is_void(RobustConfig(rule="trimmed-mean", trim=0.2), ring)
+    assert not trim_is_void(RobustConfig(rule="trimmed-mean", trim=0.4), ring)
+    assert not trim_is_void(RobustConfig(rule="trimmed-mean", trim=0.2), np.array([4, 5]))
+    assert not trim_is_void(RobustConfig(rule="median", trim=0.2), ring)
+    with pytest.warns(RuntimeWarning, match="trims nothing"):
+        ENGINES["reference"](build_setup(quick_config("robust.rule=trimmed-mean")))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from parse_dfl.engines.faults import FaultPlan
 from parse_dfl.engines.gossip import GossipSchedule
-from parse_dfl.engines.robust import attackers, corrupt, robust_mix
+from parse_dfl.engines.robust import attackers, corrupt, robust_mix, trim_is_void
 from parse_dfl.engines.sampling import BatchSampler
 from parse_dfl.engines.setup import Setup, build_models, common_init, holder_groups
 from parse_dfl.errors import UserError
@@ -86,6 +87,17 @@ class Engine(ABC):
         s = self.setup
         self.groups = holder_groups(s, models)
         self.schedule = GossipSchedule(s.topology, self.groups, s.cfg.topology.mixing, self.faults)
+        robust = s.cfg.robust
+        if robust.rule == "trimmed-mean" and any(
+            trim_is_void(robust, self.schedule.mixing(k, 1)[1]) for k in range(len(self.groups))
+        ):
+            warnings.warn(
+                f"robust.trim={robust.trim} trims nothing for holders with few neighbours "
+                f"(int(trim x (neighbours + 1)) = 0): trimmed-mean is the plain mean for them; "
+                f"raise robust.trim or use a denser graph",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     @abstractmethod
     def adopt(self, models: list[nn.Module]) -> None:

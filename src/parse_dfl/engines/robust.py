@@ -45,6 +45,15 @@ def corrupt(rows: torch.Tensor, bad: torch.Tensor, cfg: AttackConfig, seed: int)
     return sent
 
 
+def trim_is_void(cfg: RobustConfig, neighbour_counts: np.ndarray) -> bool:
+    """Whether trimmed-mean trims nothing for some holder: with d neighbours it sees d + 1
+    values per coordinate and cuts int(trim * (d + 1)) from each end, which is 0 on a ring at
+    the default trim 0.2, so the rule is then the plain mean."""
+    if cfg.rule != "trimmed-mean" or not len(neighbour_counts):
+        return False
+    return bool((np.floor(cfg.trim * (neighbour_counts[neighbour_counts > 0] + 1)) == 0).any())
+
+
 def valid(message: torch.Tensor, like: torch.Tensor) -> bool:
     """A received block is used only if it has the expected shape and dtype, all finite."""
     return (
