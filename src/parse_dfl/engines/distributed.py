@@ -31,6 +31,7 @@ from parse_dfl.engines.base import EngineResult
 from parse_dfl.engines.reference import ReferenceEngine
 from parse_dfl.engines.robust import corrupt, robust_mix
 from parse_dfl.engines.setup import Setup, build_model
+from parse_dfl.errors import UserError
 from parse_dfl.evaluation import accuracy
 from parse_dfl.graph.topology import derive_seed
 
@@ -116,8 +117,6 @@ class DistributedEngine(ReferenceEngine):
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         n = len(setup.agents)
         if self.world > n:
-            from parse_dfl.errors import UserError
-
             raise UserError("engine", f"{self.world} processes for {n} agents: use at most {n}")
         self.shard = shards(n, self.world)[self.rank]
         self.owner = np.empty(n, dtype=np.int64)
