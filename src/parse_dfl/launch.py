@@ -70,10 +70,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    code = main()
+def shutdown() -> None:
+    """Leave together: a process that tears down its gloo context while a peer still
+    receives its last message (the final gather to process 0) can abort the peer."""
     import torch.distributed as dist
 
     if dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    code = main()
+    shutdown()
     sys.exit(code)
