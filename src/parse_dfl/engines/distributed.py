@@ -30,7 +30,7 @@ from torch import nn
 from parse_dfl.engines.base import EngineResult
 from parse_dfl.engines.reference import ReferenceEngine
 from parse_dfl.engines.robust import corrupt, robust_mix
-from parse_dfl.engines.setup import Setup, build_model
+from parse_dfl.engines.setup import Setup, build_model, common_init
 from parse_dfl.errors import UserError
 from parse_dfl.evaluation import accuracy
 from parse_dfl.graph.topology import derive_seed
@@ -124,7 +124,7 @@ class DistributedEngine(ReferenceEngine):
             self.owner[part.start : part.stop] = r
         self.mine = list(self.shard)
         self.wire_bytes = 0  # bytes this process sent to other processes
-        self._exchange: dict[int, _Exchange] = {}
+        self._static_plan: _Exchange | None = None  # the exchange of a static schedule
         super().__init__(setup)
 
     # --- building: real models for this shard, meta placeholders for the rest ------------
@@ -137,18 +137,12 @@ class DistributedEngine(ReferenceEngine):
         models = [self._build(a, a in self.shard) for a in range(n)]
         self.regroup(models)
         if self.setup.cfg.method.common_init:
-            with torch.no_grad():
-                for g in self.groups:
-                    dst = [a for a in g.holders[1:] if a in self.shard]
-                    if not dst:
-                        continue
-                    first = g.holders[0]
-                    src_model = models[first] if first in self.shard else self._build(first, True)
-                    src = dict(src_model.named_parameters())
-                    for a in dst:
-                        params = dict(models[a].named_parameters())
-                        for name in g.params:
-                            params[name].copy_(src[name])
+            common_init(
+                models,
+                self.groups,
+                owned=self.shard,
+                source=lambda a: models[a] if a in self.shard else self._build(a, True),
+            )
         return models
 
     @property
@@ -157,6 +151,10 @@ class DistributedEngine(ReferenceEngine):
 
     def plan_models(self) -> list[nn.Module]:
         return self.models
+
+    def regroup(self, models: list[nn.Module]) -> None:
+        super().regroup(models)
+        self._static_plan = None  # new holder groups: who sends what changes
 
     # --- collectives ------------------------------------------------------------------
     def _gather_states(self, everyone: bool) -> list[Any] | None:
@@ -209,7 +207,6 @@ class DistributedEngine(ReferenceEngine):
         self.models = self._drop_remote(models)
         self.params = [dict(m.named_parameters()) for m in self.models]
         self._make_optimizers()
-        self._exchange.clear()
 
     def local_round(self, round_: int) -> float:
         losses = self.train_agents(round_)
@@ -218,11 +215,11 @@ class DistributedEngine(ReferenceEngine):
         return float(total[0] / max(1.0, float(total[1])))
 
     def _plan(self, round_: int) -> _Exchange:
-        if self.schedule.static:
-            if -1 not in self._exchange:
-                self._exchange[-1] = _Exchange(self, round_)
-            return self._exchange[-1]
-        return _Exchange(self, round_)
+        if not self.schedule.static:
+            return _Exchange(self, round_)
+        if self._static_plan is None:
+            self._static_plan = _Exchange(self, round_)
+        return self._static_plan
 
     def _row(self, k: int, a: int) -> torch.Tensor:
         g = self.groups[k]

@@ -3,6 +3,7 @@ topology, models with common initial values, and the holder groups of every shar
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,11 +126,23 @@ def holder_groups(setup: Setup, models: list[nn.Module]) -> list[BlockGroup]:
 
 
 @torch.no_grad()
-def common_init(models: list[nn.Module], groups: list[BlockGroup]) -> None:
-    """Every shared block starts from its first holder's values (the usual DSGD start)."""
+def common_init(
+    models: list[nn.Module],
+    groups: list[BlockGroup],
+    owned: Container[int] | None = None,
+    source: Callable[[int], nn.Module] | None = None,
+) -> None:
+    """Every shared block starts from its first holder's values (the usual DSGD start).
+
+    `owned`: only these agents' models are set (a process of a distributed run); `source`:
+    how to get the first holder's model when it is not in `models` (default: models[a])."""
     for g in groups:
-        src = dict(models[g.holders[0]].named_parameters())
-        for a in g.holders[1:]:
-            dst = dict(models[a].named_parameters())
+        dst = [a for a in g.holders[1:] if owned is None or a in owned]
+        if not dst:
+            continue
+        first = g.holders[0]
+        src = dict((source(first) if source else models[first]).named_parameters())
+        for a in dst:
+            params = dict(models[a].named_parameters())
             for n in g.params:
-                dst[n].copy_(src[n])
+                params[n].copy_(src[n])
