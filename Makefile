@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/parse-dfl run configs/watch.yaml --methods parse,local --out $(OUT)
+	$(BIN)/parse-dfl run configs/watch.yaml --methods parse,local --out $(OUT) --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -24,9 +24,10 @@ affordable (its global test set grows with N, so it costs O(N^2)). Model FLOPs p
 (forward + backward, counted with torch.utils.flop_counter on the reference engine for one
 round of a 12-agent system, scaled linearly in N) over the local-step time give the achieved
 GFLOP/s, compared with a 2048x2048 float32 matmul measured in the same run on the same clock.
-When other jobs share the cores, wall times swing by 10x (a 2-thread OpenMP loop whose
-partner thread is descheduled waits at every barrier); `--threads 1 --clock cpu` measures
-each engine's time on one core instead.
+The `check` column is the receive checks' share of a round (every holder's block scanned
+for non-finite values, wall clock). When other jobs share the cores, wall times swing by
+10x (a 2-thread OpenMP loop whose partner thread is descheduled waits at every barrier);
+`--threads 1 --clock cpu` measures each engine's time on one core instead.
 """
 
 from __future__ import annotations
@@ -209,6 +210,27 @@ def gossip_flops(engine: Any) -> float:
     return total
 
 
+def check_seconds(engine: Any, rounds: int) -> float:
+    """Seconds per round of the receive checks alone (engines/receive.py: every holder's
+    block scanned for non-finite values), as the engine runs them in its gossip."""
+    from parse_dfl.engines.batched import BatchedEngine
+    from parse_dfl.engines.receive import intact
+
+    groups = range(len(engine.groups))
+    if isinstance(engine, BatchedEngine):
+        scan = [lambda k=k: engine._intact(k) for k in groups]
+    else:
+        rows = [engine.block_rows(k) for k in groups]
+        scan = [lambda r=r: intact(r) for r in rows]
+    times = []
+    for _ in range(max(1, rounds)):
+        t = time.perf_counter()
+        for f in scan:
+            f()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
 def measure_one(
     workload: str, n: int, engine_name: str, rounds: int, evaluate: bool, warmup: int = 1
 ) -> dict:
@@ -237,6 +259,7 @@ def measure_one(
         gossip_s.append(t2 - t1)
         local_cpu.append(c1 - c)
         gossip_cpu.append(time.process_time() - c1)
+    check_s = check_seconds(engine, rounds)
     eval_s = None
     if evaluate:
         t = time.perf_counter()
@@ -259,6 +282,7 @@ def measure_one(
             "gossip_s": float(np.median(gossip_cpu)),
         },
         "eval_s": eval_s,
+        "check_s": check_s,
         "gossip_flops": gossip_flops(engine),
         "param_bytes": sum(
             p.numel() * p.element_size() for m in engine.agent_models() for p in m.parameters()
@@ -357,7 +381,7 @@ def main() -> None:
         print(
             f"{'N':>6} {'engine':>9} {'s/round':>8} {'local':>8} {'gossip':>7} {'wall s':>7} "
             f"{'cpu s':>7} {'ratio':>6} {'GFLOP/s':>8} {'%GEMM':>6} {'peak RSS':>9} "
-            f"{'MiB/agent':>9} {'eval s':>7} {'build s':>7} {'load':>5}"
+            f"{'MiB/agent':>9} {'eval s':>7} {'check':>6} {'build s':>7} {'load':>5}"
         )
         ref_last: tuple[int, float] | None = None
         ref_stopped = False
@@ -392,6 +416,7 @@ def main() -> None:
                     f"{rate:>8.1f} {100 * rate / gemm:>5.0f}% "
                     f"{res['rss_peak'] / 2**30:>8.2f}G "
                     f"{res['rss_peak'] / 2**20 / n:>9.2f} {fmt(res['eval_s'], '.2f'):>7} "
+                    f"{100 * res['check_s'] / res['wall']['round_s']:>5.1f}% "
                     f"{res['build_s']:>7.1f} {res['load']:>5.1f}",
                     flush=True,
                 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -10,7 +12,10 @@ from parse_dfl.config import Config, load_config
 
 @pytest.fixture(autouse=True)
 def _few_threads() -> None:
-    torch.set_num_threads(1)
+    """One thread by default; PARSE_DFL_TEST_THREADS and PARSE_DFL_TEST_ONEDNN=0 rerun the
+    suite on other kernels (the engine-equivalence tests must pass on any of them)."""
+    torch.set_num_threads(int(os.environ.get("PARSE_DFL_TEST_THREADS", "1")))
+    torch.backends.mkldnn.enabled = os.environ.get("PARSE_DFL_TEST_ONEDNN", "1") != "0"
 
 
 def quick_config(*overrides: str) -> Config:

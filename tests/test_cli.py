@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -137,3 +138,73 @@ def test_pid_command_writes_json(tmp_path) -> None:
     res = json.loads(out.read_text())
     assert {"R", "U1", "U2", "S", "estimator"} <= set(res)
     assert res["U1"] > 1.5 and max(res["R"], res["U2"], res["S"]) < 0.3
+
+
+def test_version(capsys) -> None:
+    from parse_dfl import __version__
+
+    with pytest.raises(SystemExit) as end:
+        main(["--version"])
+    assert end.value.code == 0
+    assert capsys.readouterr().out.strip() == f"parse-dfl {__version__}"
+
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    """The reader is gone before the first line (`| head` that has had enough): no traceback,
+    no 'Exception ignored' at exit; 141 as for any tool stopped by SIGPIPE."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parse_dfl.cli", "config"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert err == ""
+
+
+def test_piped_into_head() -> None:
+    cmd = f"set -o pipefail; {shlex.quote(sys.executable)} -m parse_dfl.cli config | head -1"
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert proc.returncode in (0, 141), proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout.split() == ["key", "default", "meaning"]
+
+
+@pytest.mark.parametrize("command", ["config", "datasets", "methods"])
+def test_tables_fit_100_columns(capsys, command: str) -> None:
+    assert main([command]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 100
+    if command == "config":  # every key is still there, each on a line of its own
+        from parse_dfl.config import describe_fields
+
+        starts = {line.split(" ")[0] for line in out.splitlines()}
+        assert {key for key, _, _ in describe_fields()} <= starts
+
+
+def test_text_table_wraps_the_last_column() -> None:
+    from parse_dfl.text import text_table
+
+    long = "word " * 60
+    out = text_table([["name", "n", "description"], ["a", "1", long], ["bb", "22", "short"]])
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 100
+    assert len(lines) > 4  # the long description went on continuation lines
+    assert lines[0].startswith("name  ") and lines[2].startswith("a      1  word")
+    assert " ".join(" ".join(lines[2:-1]).split()[2:]) == long.strip()
+    assert lines[-1] == "bb    22  short"  # numbers right-aligned, words left-aligned
+
+
+def test_text_table_splits_many_numeric_columns_into_blocks() -> None:
+    from parse_dfl.text import text_table
+
+    head = ["method", *(f"type {i} (global)" for i in range(12))]
+    rows = [head, ["parse", *(f"{i}.5" for i in range(12))]]
+    out = text_table(rows)
+    assert max(len(line) for line in out.splitlines()) <= 100
+    blocks = out.split("\n\n")
+    assert len(blocks) > 1
+    assert all(b.startswith("method") for b in blocks)  # the first column is repeated
+    assert all(f"type {i} (global)" in out for i in range(12))

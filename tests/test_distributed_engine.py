@@ -4,9 +4,11 @@ with SIGKILL restarts from its checkpoint and ends exactly where an uninterrupte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -128,3 +130,51 @@ def test_a_killed_process_restarts_from_the_checkpoint_with_the_same_result(tmp_
     # bit for bit: the restarted job ends exactly where the uninterrupted one did
     assert_same(tmp_path / "whole", whole, out, res, tol=0.0)
     assert res["bytes_between_processes"] == whole["bytes_between_processes"]
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """The launcher and its workers (torchrun starts each in a session of its own)."""
+    for pid in [*_children(proc.pid), proc.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_two_launchers_as_two_machines_match_the_reference_engine(tmp_path) -> None:
+    """The multi-machine recipe of docs/engines.md as written (the same torchrun line started
+    twice, c10d rendezvous, one shared --out), here as two launchers of one process each on
+    this machine over loopback."""
+    sets = ("train.rounds=4", "train.eval_every=2")
+    ref = run(quick_config(*sets, "engine.name=reference"), tmp_path / "ref", progress=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "dist"
+    line = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+        "--rdzv-id", "two-launchers", "--max-restarts", "3",
+        "-m", "parse_dfl.launch", QUICK, *[x for kv in sets for x in ("--set", kv)],
+        "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the reference ran on one thread
+    start = time.monotonic()
+    launchers = [
+        subprocess.Popen(line, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
+    try:
+        outputs = [
+            p.communicate(timeout=max(1, 120 - (time.monotonic() - start))) for p in launchers
+        ]
+    finally:
+        for p in launchers:
+            if p.poll() is None:
+                _kill_tree(p)
+    for p, (_, err) in zip(launchers, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert sum("run folder:" in o for o, _ in outputs) == 1  # process 0 reports, on one machine
+    dist = json.loads((out / "results.json").read_text())
+    assert dist["engine"] == "distributed" and dist["processes"] == 2 and dist["restarts"] == 0
+    assert_same(tmp_path / "ref", ref, out, dist)
+    assert 0 < dist["bytes_between_processes"] < dist["bytes_sent"]

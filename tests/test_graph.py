@@ -86,10 +86,12 @@ def test_erdos_renyi_connected_and_seeded() -> None:
     assert set(g.edges) != set(generate(cfg, 40, seed=6).edges)
 
 
-def test_erdos_renyi_gives_up_on_hopeless_p() -> None:
-    g = generate(TopologyConfig(name="erdos-renyi", p=1e-6), 50, seed=0)
-    assert g.number_of_nodes() == 50
-    assert not nx.is_connected(g)
+def test_erdos_renyi_refuses_hopeless_p() -> None:
+    """A disconnected graph would split the agents for good: one clear error instead."""
+    with pytest.raises(UserError, match="could not draw a connected graph") as err:
+        generate(TopologyConfig(name="erdos-renyi", p=1e-6), 50, seed=0)
+    assert err.value.where == "topology.p"
+    assert "p=1e-06" in err.value.problem and "larger p" in err.value.problem
 
 
 @pytest.mark.parametrize(("n", "shape"), [(1, (1, 1)), (7, (1, 7)), (12, (3, 4)), (16, (4, 4))])

@@ -29,7 +29,6 @@ def test_unimodal_agents_hold_and_receive_no_multimodal_block() -> None:
     for agent, params in zip(agents, engine.params, strict=True):
         if len(agent.modalities) == 1:
             assert not any(n.startswith(("fusion", "synergy_head")) for n in params)
-    before = {a.id: {n: p.detach().clone() for n, p in engine.params[a.id].items()} for a in agents}
     for g in engine.groups:
         holders = [agents[h] for h in g.holders]
         if g.block == "synergy":
@@ -37,11 +36,33 @@ def test_unimodal_agents_hold_and_receive_no_multimodal_block() -> None:
         if g.block.startswith(("enc.", "head.unique.")):
             m = g.block.split(".")[-1]
             assert all(m in a.modalities for a in holders)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # distinct values, so that gossip visibly moves what it mixes
+        for params in engine.params:
+            for p in params.values():
+                p.add_(torch.randn(p.shape, generator=gen))
+    before = {a.id: {n: p.detach().clone() for n, p in engine.params[a.id].items()} for a in agents}
+    rows_before = {g.label: block_rows(engine, g) for g in engine.groups}
     engine.gossip(1)
-    # a unimodal acc agent's parameters change only through blocks it holds with acc holders
+    # a unimodal acc agent's parameters change only through blocks it holds, each becoming
+    # its row of W times its holders' copies (holders checked above); the rest keep their value
     for a in agents:
-        if a.modalities == ("acc",):
-            assert set(engine.params[a.id]) == set(before[a.id])
+        if a.modalities != ("acc",):
+            continue
+        mixed: set[str] = set()
+        for k, g in enumerate(engine.groups):
+            if a.id not in g.holders:
+                continue
+            W, _ = engine.schedule.mixing(k, 1)
+            row = g.holders.index(a.id)
+            want = torch.as_tensor(W.toarray()[row]) @ rows_before[g.label].double()
+            got = block_rows(engine, g)[row].double()
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), g.label
+            mixed |= set(g.params)
+        assert mixed, "the agent shares nothing"
+        for n, p in engine.params[a.id].items():
+            if n not in mixed:
+                assert torch.equal(p, before[a.id][n]), f"{n} changed without being shared"
 
 
 def test_shared_blocks_start_equal_and_gossip_keeps_their_mean() -> None:

@@ -34,16 +34,22 @@ def accuracy_table(results: list[dict[str, Any]]) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    """Check every run folder before any training (a finished or interrupted run there is
+    never replaced without --overwrite), then run each method."""
     from parse_dfl.config import load_config
-    from parse_dfl.experiments.run import run
+    from parse_dfl.experiments.run import check_run_folder, new_run_folder, remove_if_empty, run
 
     if args.resume:
         from parse_dfl.experiments.run import resume_config
 
         if args.config or args.set or args.methods:
             raise UserError("--resume", "give only the run folder: its config is in it")
-        if args.nprocs:
-            resume_config(args.resume)  # refuse a finished or empty folder here, in one line
+        if args.overwrite or args.out:
+            flag = "--overwrite" if args.overwrite else "--out"
+            raise UserError(flag, "not with --resume, which continues the run in its own folder")
+        if args.nprocs is not None:
+            # refuse a finished or empty folder, or too many processes, here, in one line
+            _check_nprocs(args.nprocs, resume_config(args.resume))
             return _torchrun(args.nprocs, ["--resume", args.resume], args.quiet)
         r = run(resume_config(args.resume), Path(args.resume), progress=not args.quiet, resume=True)
         print(accuracy_table([r]))
@@ -52,28 +58,48 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.config:
         raise UserError("run", "a config file is needed (or --resume RUN-DIR)")
     cfg = load_config(args.config, args.set)
-    methods = args.methods.split(",") if args.methods else [cfg.method.name]
+    if args.nprocs is not None:
+        _check_nprocs(args.nprocs, cfg)
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else [cfg.method.name]
+    twice = sorted({m for m in methods if methods.count(m) > 1})
+    if twice:
+        raise UserError("--methods", f"{', '.join(twice)} given twice")
     configs = []
     for name in methods:
         configs.append(
             cfg
             if name == cfg.method.name
-            else load_config(args.config, [*args.set, f"method.name={name.strip()}"])
+            else load_config(args.config, [*args.set, f"method.name={name}"])
         )
-    out = Path(args.out) if args.out else None
-    if args.nprocs:
-        return _launch(args, configs, out)
-    results = []
-    for c in configs:
-        target = out / c.method.name if (out is not None and len(configs) > 1) else out
-        r = run(c, target, progress=not args.quiet)
-        results.append(r)
-        if not args.quiet:
-            print(
-                f"{c.method.name}: global {100 * r['mean_accuracy']:.1f} %, "
-                f"local {100 * r['mean_local_accuracy']:.1f} %, {r['wall_seconds']:.0f} s",
-                file=sys.stderr,
-            )
+    if args.out:
+        out, fresh = Path(args.out), False
+        check_run_folder(out, overwrite=args.overwrite)
+        if len(configs) > 1:
+            for c in configs:
+                check_run_folder(out / c.method.name, overwrite=args.overwrite)
+    else:  # never nowhere, never over another run: a new folder under runs/
+        out, fresh = new_run_folder("+".join(c.method.name for c in configs)), True
+    try:
+        if args.nprocs is not None:
+            code = _launch(args, configs, out)  # process 0 prints the run folder
+            if code and fresh:
+                remove_if_empty(out)
+            return code
+        results = []
+        for c in configs:
+            target = out / c.method.name if len(configs) > 1 else out
+            r = run(c, target, progress=not args.quiet)
+            results.append(r)
+            if not args.quiet:
+                print(
+                    f"{c.method.name}: global {100 * r['mean_accuracy']:.1f} %, "
+                    f"local {100 * r['mean_local_accuracy']:.1f} %, {r['wall_seconds']:.0f} s",
+                    file=sys.stderr,
+                )
+    except BaseException:
+        if fresh:
+            remove_if_empty(out)  # a run that wrote nothing leaves no empty folder behind
+        raise
     first = results[0]
     print(
         f"{first['dataset']}: {len(first['agents'])} agents, {first['rounds']} rounds, "
@@ -81,9 +107,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"local = own test split)"
     )
     print(accuracy_table(results))
-    if out is not None:
-        print(f"run folder: {out}")
+    print(f"run folder: {out}")
     return 0
+
+
+def _check_nprocs(nprocs: int, cfg: Any) -> None:
+    """Refuse a process count the job cannot use before any process starts: each process
+    needs at least one agent, so torchrun would start them all only for each to fail."""
+    agents = sum(cfg.agents.mix.values())
+    if not 1 <= nprocs <= agents:
+        raise UserError(
+            "--nprocs", f"must be 1..{agents}, one process per agent at most (got {nprocs})"
+        )
 
 
 def _launch(args: argparse.Namespace, configs: list, out: Path | None) -> int:
@@ -101,15 +136,65 @@ def _launch(args: argparse.Namespace, configs: list, out: Path | None) -> int:
 
 
 def _torchrun(nprocs: int, launch: list[str], quiet: bool) -> int:
+    """One torchrun job of `nprocs` processes on this machine, failing as one process does.
+
+    torchrun's log and its multi-line report of a failed job go to a file; the processes'
+    own output (tables, rank 0's progress bar) reaches the console as it is. When the job
+    fails, the first failing process's line is printed: exit 2 for bad input, 1 for a crash
+    (then the folder with its traceback is kept and named)."""
+    import os
+    import shutil
+    import signal
     import subprocess
+    import tempfile
+
+    from parse_dfl.launch import ERROR_DIR, first_failure
 
     if nprocs < 1:
         raise UserError("--nprocs", f"must be at least 1 (got {nprocs})")
+    folder = Path(tempfile.mkdtemp(prefix="parse-dfl-launch-"))
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        sys.executable, "-m", "parse_dfl.launch", "--agent", "--standalone",
         f"--nproc-per-node={nprocs}", "-m", "parse_dfl.launch", *launch,
     ]  # fmt: skip
-    return subprocess.run([*cmd, "--quiet"] if quiet else cmd).returncode
+    proc = subprocess.Popen(
+        [*cmd, "--quiet"] if quiet else cmd, env={**os.environ, ERROR_DIR: str(folder)}
+    )
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:  # torchrun got the signal too: it stops its workers
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    failure = first_failure(folder) if code else None
+    if code == 0 or code > 128 or (failure is not None and failure.code == 2):
+        shutil.rmtree(folder, ignore_errors=True)
+    if code == 0:
+        return 0
+    if code > 128:  # torchrun was stopped by a signal (Ctrl-C) and stopped its workers
+        if code - 128 == signal.SIGINT:
+            raise KeyboardInterrupt
+        print(f"parse-dfl: stopped by {signal.Signals(code - 128).name}", file=sys.stderr)
+        return code
+    if failure is None:
+        print(
+            f"parse-dfl: error: torchrun failed (exit code {code}); its log: "
+            f"{folder / 'torchrun.log'}",
+            file=sys.stderr,
+        )
+        return 1
+    if failure.code == 2:
+        print(f"parse-dfl: error: {failure.message}", file=sys.stderr)
+        return 2
+    print(
+        f"parse-dfl: rank {failure.rank} crashed: {failure.message} (log: {failure.log})",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
@@ -262,7 +347,10 @@ def _cmd_missing(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from parse_dfl import __version__
+
     p = argparse.ArgumentParser(prog="parse-dfl", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"parse-dfl {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run one config (one or more methods) and write a run folder")
@@ -274,7 +362,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set train.rounds=5 (repeatable)",
     )
-    r.add_argument("--out", help="run folder (with several methods: one subfolder each)")
+    r.add_argument(
+        "--out",
+        help="run folder (with several methods: one subfolder each); default: a new folder "
+        "runs/METHOD-DATE-TIME. A folder holding a run is refused unless --overwrite",
+    )
+    r.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (kept until the new run has finished, unless it "
+        "writes checkpoints; a stale checkpoint.pt is removed at once)",
+    )
     r.add_argument("--methods", help="comma-separated methods to run on the same config")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument(
@@ -376,16 +474,48 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _error(message: str) -> int:
+    print(f"parse-dfl: error: {' '.join(message.splitlines())}", file=sys.stderr)
+    return 2
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: the reader (`| head`) has gone, and the interpreter's own
+    flush at exit must not fail again with a second BrokenPipeError."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass  # stdout is not a real file (a test's capture): nothing will flush it at exit
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Every command ends the same way: bad input (UserError, an unreadable
+    or unwritable file, a damaged JSON file) as one line and exit code 2; output cut short by
+    its reader (`| head`) quietly with 141, like any tool killed by SIGPIPE; anything else is a
+    bug and keeps its traceback."""
+    import json
+
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
     except UserError as e:
-        print(f"parse-dfl: error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141
     except KeyboardInterrupt:
         print("parse-dfl: interrupted", file=sys.stderr)
         return 130
+    except json.JSONDecodeError as e:
+        return _error(f"{args.command}: a JSON file it reads is damaged ({e})")
+    except OSError as e:
+        where = e.filename if e.filename is not None else args.command
+        return _error(f"{where}: {e.strerror or e}")
 
 
 if __name__ == "__main__":

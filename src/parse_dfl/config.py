@@ -7,6 +7,7 @@ YAML file -> `--set key=value` overrides -> pydantic validation.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from parse_dfl.errors import UserError
+from parse_dfl.yamlsafe import load_file, loads
+
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+"""The device names a config may give (availability is checked when the run is set up)."""
 
 
 class Section(BaseModel):
@@ -187,7 +192,12 @@ class MethodConfig(Section):
 class TrainConfig(Section):
     rounds: int = Field(40, ge=1, description="communication rounds")
     local_steps: int = Field(5, ge=0, description="local optimisation steps per round")
-    batch_size: int = Field(32, ge=1, description="mini-batch size")
+    batch_size: int = Field(
+        32,
+        ge=1,
+        description="mini-batch size; an agent with fewer training samples repeats some of "
+        "them within a batch, and a size above all agents' training samples together is refused",
+    )
     lr: float = Field(0.01, gt=0, description="learning rate")
     optimizer: Literal["sgd", "adam"] = Field("adam", description="local optimiser")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd: momentum")
@@ -201,8 +211,24 @@ class EngineConfig(Section):
         description="engine that runs the rounds: batched (default), reference (the plain "
         "per-agent loop, the specification) or distributed (torchrun)",
     )
-    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, or auto")
+    device: str = Field(
+        "cpu",
+        description="torch device: cpu, cuda, cuda:N, mps, or auto (cuda if available, else "
+        "cpu); a device this machine lacks is refused before the run starts",
+    )
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch)")
+    dtype: Literal["float32", "float64"] = Field(
+        "float32",
+        description="floating-point type of models and data; float64 makes engines comparable "
+        "to rounding (the equivalence tests use it)",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        if not DEVICE.fullmatch(v):
+            raise ValueError(f"'{v}' is not a device: use auto, cpu, cuda, cuda:N or mps")
+        return v
 
 
 class FaultsConfig(Section):
@@ -225,9 +251,10 @@ class FaultsConfig(Section):
 
 
 class AttackConfig(Section):
-    kind: Literal["none", "sign-flip", "noise", "scale", "label-flip"] = Field(
+    kind: Literal["none", "sign-flip", "noise", "scale", "nan", "label-flip"] = Field(
         "none",
-        description="what attackers do: send -x, x + noise, scale * x, or train on flipped labels",
+        description="what attackers do: send -x, x + noise, scale * x, non-finite values (NaN), "
+        "or train on flipped labels",
     )
     fraction: float = Field(0.0, ge=0, lt=1, description="share of agents that attack")
     scale: float = Field(10.0, description="scale: factor applied to the sent parameters")
@@ -317,7 +344,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(path):
         raise UserError("--set", f"'{key}' is not a dotted key such as train.rounds")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = loads(raw, "--set") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return path, value
@@ -337,16 +364,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(str(path), "config file not found")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(e, "problem", None) or "malformed YAML"
-        raise UserError(where, f"malformed YAML: {problem}") from None
+    """A config or sweep file as a mapping (bounded: see parse_dfl.yamlsafe)."""
+    raw = load_file(path, "config file")
     if raw is None:
         return {}
     if not isinstance(raw, dict):

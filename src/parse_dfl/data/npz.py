@@ -13,16 +13,19 @@ Layout of the file given as data.path (written with np.savez / np.savez_compress
 
 Modality names are what follows "x_" (letters, digits, '_' and '-'). Any other key is refused,
 so a typo is not silently ignored. The file is read with allow_pickle=False: object arrays are
-refused. Every problem with the file is reported as one UserError naming data.path.
+refused. Before any array is read, every member's .npy header and zip sizes must agree and the
+arrays may take at most MAX_BYTES (8 GiB) uncompressed. Every problem with the file is reported
+as one UserError naming data.path.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import zipfile
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +39,10 @@ WHERE = "data.path"
 KIND_BY_NDIM: dict[int, Kind] = {2: "vector", 3: "series", 4: "image"}
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _OPTIONAL = ("groups", "class_names")
+MAX_BYTES = 8 * 2**30
+"""Most bytes the arrays of one .npz may take uncompressed (checked before reading)."""
+MAX_MEMBERS = 1024
+"""Most arrays in one .npz."""
 
 
 def available() -> tuple[bool, str]:
@@ -46,8 +53,75 @@ def _fail(path: Path | str, problem: str) -> UserError:
     return UserError(WHERE, f"{path}: {problem}")
 
 
+def _size(n: int) -> str:
+    """Bytes for a person: 7.3 TiB, not 8000000000000."""
+    if n < 1024:
+        return f"{n} bytes"
+    value, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
+
+
+def _header(path: Path, key: str, fp: IO[bytes]) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, bytes before the data) from one member's .npy header, nothing more read."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(fp)
+    except ValueError:
+        raise _fail(path, f"'{key}' is not a .npy array (store arrays with np.savez)") from None
+    if version == (1, 0):
+        shape, _, dtype = fmt.read_array_header_1_0(fp)
+    elif version == (2, 0):
+        shape, _, dtype = fmt.read_array_header_2_0(fp)
+    elif version == (3, 0) and hasattr(fmt, "_read_array_header"):
+        shape, _, dtype = fmt._read_array_header(fp, version)
+    else:
+        raise _fail(path, f"'{key}' has an unsupported .npy format version {version}")
+    return tuple(shape), dtype, fp.tell()
+
+
+def _check_members(path: Path, zf: zipfile.ZipFile) -> list[tuple[str, zipfile.ZipInfo]]:
+    """Every member's declared sizes against MAX_BYTES and against its .npy header, before any
+    array is allocated or decompressed (why: a header may promise 10^12 elements, a few KiB
+    of deflate may unpack to many GiB)."""
+    infos = zf.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise _fail(path, f"{len(infos)} arrays in the archive; at most {MAX_MEMBERS}")
+    total = sum(i.file_size for i in infos)
+    if total > MAX_BYTES:
+        raise _fail(
+            path,
+            f"its arrays take {_size(total)} uncompressed; at most {_size(MAX_BYTES)} "
+            "(see docs/byod.md)",
+        )
+    members: list[tuple[str, zipfile.ZipInfo]] = []
+    for info in infos:
+        key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        if any(k == key for k, _ in members):
+            raise _fail(path, f"'{key}' appears twice in the archive")
+        with zf.open(info) as fp:
+            shape, dtype, offset = _header(path, key, fp)
+        if dtype.hasobject:
+            raise _fail(path, "contains object arrays; store plain numeric / string arrays")
+        nbytes = dtype.itemsize * math.prod(shape)  # Python ints: no overflow
+        if offset + nbytes != info.file_size:
+            raise _fail(
+                path,
+                f"'{key}' declares shape {shape} of {dtype} ({_size(nbytes)}) but holds "
+                f"{_size(max(info.file_size - offset, 0))} of data: the file is damaged",
+            )
+        members.append((key, info))
+    return members
+
+
 def _read(path: Path) -> dict[str, np.ndarray]:
-    """Every array of the file, read eagerly so a truncated member fails here."""
+    """Every array of the file, read eagerly so a truncated member fails here.
+
+    Sizes are checked first (_check_members); a member then yields at most its declared size,
+    since zipfile never returns more than ZipInfo.file_size and checks the CRC at the end."""
     try:
         # Open the file ourselves: np.load leaks its own handle when the zip is broken.
         with open(path, "rb") as fh:
@@ -59,15 +133,21 @@ def _read(path: Path) -> dict[str, np.ndarray]:
                     path, "not an .npz file (it is not a zip archive; write it with np.savez)"
                 )
             fh.seek(0)
-            with np.load(fh, allow_pickle=False) as f:
-                return {k: f[k] for k in f.files}
+            with zipfile.ZipFile(fh) as zf:
+                arrays = {}
+                for key, info in _check_members(path, zf):
+                    with zf.open(info) as fp:
+                        arrays[key] = np.lib.format.read_array(fp, allow_pickle=False)
+                return arrays
+    except MemoryError:
+        raise _fail(path, "not enough memory to load its arrays") from None
     except ValueError as e:
         if "allow_pickle" in str(e):
             raise _fail(
                 path, "contains object arrays; store plain numeric / string arrays"
             ) from None
         raise _fail(path, f"not a valid .npz file ({e})") from None
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, KeyError) as e:
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, KeyError, NotImplementedError) as e:
         raise _fail(path, f"not a valid .npz file or truncated ({e})") from None
 
 

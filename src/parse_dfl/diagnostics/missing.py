@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from parse_dfl.text import text_table
+
 __all__ = ["format_missing", "missing_modality_accuracy"]
 
 
@@ -43,9 +45,6 @@ def missing_modality_accuracy(run_dir: str | Path) -> dict[str, Any]:
     from parse_dfl.experiments.run import load_run
     from parse_dfl.models.monolithic import FusionClassifier
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(str(run_dir), "no such run folder")
     results, setup, models = load_run(run_dir)
     s = setup
     rows: list[dict[str, Any]] = []
@@ -118,18 +117,9 @@ def format_missing(results: list[dict[str, Any]]) -> str:
         ]
         row += [f"{100 * r['unimodal'][m]:.1f}" if m in r["unimodal"] else "-" for m in mods]
         rows.append(row)
-    widths = [max(len(x[i]) for x in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(
-            c.rjust(w) if i > 1 else c.ljust(w)
-            for i, (c, w) in enumerate(zip(x, widths, strict=True))
-        )
-        for x in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
     n = {len(r["agents"]) for r in results}
     return (
         "global-protocol accuracy in % of the multimodal agents (mean over "
         f"{'/'.join(map(str, sorted(n)))} agents) with every modality and with one dropped at "
-        "test time; unimodal agents of the same run for scale\n" + "\n".join(lines)
+        "test time; unimodal agents of the same run for scale\n" + text_table(rows)
     )

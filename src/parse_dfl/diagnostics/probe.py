@@ -25,7 +25,6 @@ PID of (s_a, s_b) sees it (S near 2 bits) because it discretises each slice firs
 
 from __future__ import annotations
 
-import json
 import warnings
 from itertools import combinations
 from pathlib import Path
@@ -48,19 +47,13 @@ SLICE_NAMES = {"u": "unique", "r": "redundant", "s": "synergistic"}
 
 def _finished_parse_run(run_dir: Path) -> dict[str, Any]:
     """results.json of a finished PARSE run folder, or a UserError saying what is wrong."""
-    if not run_dir.is_dir():
-        raise UserError(str(run_dir), "no such run folder")
-    res_path = run_dir / "results.json"
-    if not res_path.is_file():
-        raise UserError(str(run_dir), "not a finished run folder (no results.json)")
-    try:
-        results = json.loads(res_path.read_text())
-        method = results["method"]
-        results["config"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(str(res_path), f"not a results file of a run ({e})") from None
-    if method != "parse":
-        raise UserError(str(run_dir), f"probe needs a PARSE run; this run's method is '{method}'")
+    from parse_dfl.experiments.run import read_results
+
+    results = read_results(run_dir)
+    if results["method"] != "parse":
+        raise UserError(
+            str(run_dir), f"probe needs a PARSE run; this run's method is '{results['method']}'"
+        )
     return results
 
 

@@ -7,7 +7,6 @@ happened and the checkpoints are the same for all engines, so their results are 
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -22,7 +21,8 @@ from tqdm import tqdm
 
 from parse_dfl.engines.faults import FaultPlan
 from parse_dfl.engines.gossip import GossipSchedule
-from parse_dfl.engines.robust import attackers, corrupt, robust_mix, trim_is_void
+from parse_dfl.engines.receive import Matmul, dense_matmul, receive
+from parse_dfl.engines.robust import attackers, corrupt, trim_is_void
 from parse_dfl.engines.sampling import BatchSampler
 from parse_dfl.engines.setup import Setup, build_models, common_init, holder_groups
 from parse_dfl.errors import UserError
@@ -144,14 +144,28 @@ class Engine(ABC):
             return self.setup.data.n_classes - 1 - y
         return y
 
-    def robust_step(self, k: int, round_: int, rows: torch.Tensor) -> torch.Tensor:
-        """One gossip step of group k with attackers' corruption, checks and the robust rule."""
+    def sent(self, k: int, round_: int, rows: torch.Tensor) -> torch.Tensor:
+        """What group k's holders send this round: their rows, corrupted by attackers (the
+        same tensor when nobody lies)."""
         cfg = self.setup.cfg
-        g = self.groups[k]
+        bad = torch.from_numpy(self.attackers[np.asarray(self.groups[k].holders)])
+        return corrupt(rows, bad, cfg.attack, derive_seed(cfg.seed, round_, k))
+
+    def receive_group(
+        self,
+        k: int,
+        round_: int,
+        rows: torch.Tensor,
+        matmul: Matmul = dense_matmul,
+        ok: np.ndarray | None = None,
+    ) -> torch.Tensor:
+        """One gossip step of group k over all its holders' rows: what they send, the checks,
+        the rule (engines/receive.py); dropped messages are counted."""
         W, _ = self.schedule.mixing(k, round_)
-        bad = torch.from_numpy(self.attackers[np.asarray(g.holders)])
-        sent = corrupt(rows, bad, cfg.attack, derive_seed(cfg.seed, round_, k))
-        new, dropped = robust_mix(rows, sent, W, cfg.robust)
+        sent = self.sent(k, round_, rows)
+        new, dropped = receive(
+            rows, sent, W, self.setup.cfg.robust, ok=None if sent is not rows else ok, matmul=matmul
+        )
         self.dropped += dropped
         return new
 
@@ -170,28 +184,53 @@ class Engine(ABC):
         return out
 
     # --- checkpoints --------------------------------------------------------------------
+    def checkpoint_config(self) -> dict[str, Any]:
+        """The config a checkpoint records and a resume must match, as plain containers (a
+        checkpoint loads with weights_only=True): all of it but the engine, which may change
+        on resume, except its number type, which changes the arithmetic."""
+        cfg = self.setup.cfg.model_dump(mode="json")
+        cfg["engine"] = {k: v for k, v in cfg.get("engine", {}).items() if k == "dtype"}
+        return cfg
+
     def save_checkpoint(self, path: Path, round_: int, loop: dict[str, Any]) -> None:
-        """Atomically: a temporary file, fsync, rename. A kill at any moment leaves the last
-        good checkpoint readable."""
+        """Atomically (parse_dfl.files): a kill at any moment leaves the last good checkpoint
+        readable, and a full disk leaves no temporary file behind."""
+        from parse_dfl.files import atomic_torch_save
+
         state = {
             "round": round_,
             "stage": self.stage,
             "engine": self.state_dict(),
             "method": self.setup.method.state_dict(),
             "loop": loop,
+            "config": self.checkpoint_config(),
         }
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_torch_save(path, state)
 
     def load_checkpoint(self, path: Path) -> tuple[int, dict[str, Any]]:
+        """Restore a checkpoint; refuse one made with another config (the run folder's
+        config.yaml was edited since), naming what differs. Old checkpoints carry no config."""
         try:
             state = torch.load(path, map_location=self.setup.device, weights_only=True)
         except Exception as e:  # a damaged file: say which, never execute anything from it
             raise UserError(str(path), f"unreadable checkpoint ({type(e).__name__})") from None
+
+        def differences(old: Any, new: Any, key: str = "") -> list[str]:
+            if isinstance(old, dict) and isinstance(new, dict):
+                keys = list(old) + [k for k in new if k not in old]
+                return [d for k in keys for d in differences(old.get(k), new.get(k), f"{key}.{k}")]
+            same = old == new or (old != old and new != new)  # NaN, read back, equals NaN
+            return [] if same else [f"{key.lstrip('.')}: {old!r} -> {new!r}"]
+
+        if "config" in state:
+            diffs = differences(state["config"], self.checkpoint_config())
+            if diffs:
+                more = f", and {len(diffs) - 3} more" if len(diffs) > 3 else ""
+                raise UserError(
+                    str(path.parent),
+                    f"config.yaml no longer matches the checkpoint ({'; '.join(diffs[:3])}{more}); "
+                    "restore it or start a new run",
+                )
         self.setup.method.load_state_dict(state["method"])
         self.stage = int(state["stage"])
         if self.stage:

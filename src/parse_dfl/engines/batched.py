@@ -21,7 +21,9 @@ Gossip: per holder group, the holders' rows are gathered from their cohorts into
 (holders, numel) matrix and multiplied once by the round's mixing matrix: dense for small or
 dense W, scipy CSR on the CPU otherwise (torch's CPU CSR product is several times slower),
 torch CSR on other devices. When a group is exactly one whole cohort, each stacked parameter
-is mixed in place without the gather.
+is mixed in place without the gather. The checks and the combination are engines/receive.py's,
+as in every engine: the holders' blocks are checked once per round (read in place), and a
+non-finite one is dropped and its weight returned to the receivers.
 
 Evaluation: vmap of `method.logits` over a chunk of agents and a chunk of test samples.
 
@@ -49,6 +51,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from parse_dfl.config import TrainConfig
 from parse_dfl.engines.base import Engine
+from parse_dfl.engines.receive import combine, inbox, intact_parts
 from parse_dfl.engines.reference import make_optimizer
 from parse_dfl.evaluation import accuracy
 from parse_dfl.models.blocks import param_blocks
@@ -271,6 +274,7 @@ class _Mixer:
     """y = W @ x for one holder group's W, in the cheapest exact form for its size and device."""
 
     def __init__(self, W: sp.csr_matrix, device: torch.device, dtype: torch.dtype) -> None:
+        self.source = W
         W = sp.csr_matrix(W)
         H = W.shape[0]
         self.identity = W.nnz == H and bool(np.all(W.diagonal() == 1.0))
@@ -703,24 +707,44 @@ class BatchedEngine(Engine):
                 else:
                     flat.index_copy_(0, part.rows, src)
 
+    def _intact(self, k: int) -> np.ndarray:
+        """Which holders of group k hold a usable block (all values finite), read from the
+        cohorts' stacked tensors without gathering the block."""
+        plan = self._plans[k]
+        ok = np.ones(len(self.groups[k].holders), dtype=bool)
+        for part in plan.parts:
+            c = self.cohorts[part.cohort]
+            pos = part.pos if isinstance(part.pos, slice) else part.pos.cpu().numpy()
+            ok[pos] = intact_parts([c.P[n].view(c.n, -1)[part.rows] for n, _, _ in plan.offsets])
+        return ok
+
     @torch.no_grad()
     def gossip(self, round_: int) -> None:
+        rule = self.setup.cfg.robust
         for k, g in enumerate(self.groups):
             plan = self._plans[k]
-            if not self.plain_gossip:  # attacks / robust rules: the shared per-holder code
-                self._scatter(k, plan.offsets, self.robust_step(k, round_, self.block_rows(k)))
+            if not self.plain_gossip:  # attacks / robust rules: every holder's whole block
+                new = self.receive_group(k, round_, self.block_rows(k))
+                self._scatter(k, plan.offsets, new)
                 continue
             mix = self._mixer(k, round_)
             if mix.identity:
-                continue
+                continue  # nobody sends anything
+            box = inbox(mix.source, self._intact(k))
+            self.dropped += box.dropped
+
+            def matmul(W: sp.csr_matrix, x: torch.Tensor, mix: _Mixer = mix) -> torch.Tensor:
+                return (mix if W is mix.source else _Mixer(W, x.device, x.dtype))(x)
+
             if plan.direct:  # one whole cohort: mix its stacked tensors in place
                 c = self.cohorts[plan.parts[0].cohort]
                 for n in g.params:
                     flat = c.P[n].view(c.n, -1)
-                    flat.copy_(mix(flat))
+                    flat.copy_(combine(flat, flat, box, rule, matmul))
                 continue
             for seg in self._segments(k):
-                self._scatter(k, seg, mix(self._gather(k, seg)))
+                rows = self._gather(k, seg)
+                self._scatter(k, seg, combine(rows, rows, box, rule, matmul))
 
     # --- evaluation -----------------------------------------------------------------------
 

@@ -28,12 +28,11 @@ import torch.distributed as dist
 from torch import nn
 
 from parse_dfl.engines.base import EngineResult
+from parse_dfl.engines.receive import intact, receive
 from parse_dfl.engines.reference import ReferenceEngine
-from parse_dfl.engines.robust import corrupt, robust_mix
 from parse_dfl.engines.setup import Setup, build_model, common_init
 from parse_dfl.errors import UserError
 from parse_dfl.evaluation import accuracy
-from parse_dfl.graph.topology import derive_seed
 
 
 def ensure_process_group(device: torch.device) -> None:
@@ -235,91 +234,112 @@ class DistributedEngine(ReferenceEngine):
 
     def _swap(
         self, plan: _Exchange, outgoing: dict[tuple[int, int], torch.Tensor]
-    ) -> dict[tuple[int, int], torch.Tensor]:
-        """Send every peer its rows in one message, receive ours: isend/irecv pairs."""
+    ) -> tuple[dict[tuple[int, int], torch.Tensor], set[tuple[int, int]]]:
+        """Send every peer its rows in one message, receive ours: isend/irecv pairs.
+
+        Each message's length goes first, so a message whose size does not match what the
+        sender's plan says is detected and its rows dropped, never read into the wrong rows.
+        Returns the received rows and the (group, holder) rows that arrived unusable."""
         dev = self.setup.device
         sizes = [g.numel for g in self.groups]
+        dtype = next(self.models[self.shard.start].parameters()).dtype
+        bufs = {
+            peer: torch.cat([outgoing[item] for item in items]).contiguous()
+            for peer, items in plan.send.items()
+        }
+        lengths = {peer: torch.zeros(1, dtype=torch.int64, device=dev) for peer in plan.recv}
+        ops = [
+            dist.P2POp(dist.isend, torch.tensor([buf.numel()], device=dev), peer)
+            for peer, buf in bufs.items()
+        ]
+        ops += [dist.P2POp(dist.irecv, n, peer) for peer, n in lengths.items()]
+        self._wait(ops)
         ops, inbox = [], {}
-        for peer, items in plan.send.items():
-            buf = torch.cat([outgoing[item] for item in items]).contiguous()
+        for peer, buf in bufs.items():
             self.wire_bytes += buf.numel() * buf.element_size()
             ops.append(dist.P2POp(dist.isend, buf, peer))
-        dtype = next(self.models[self.shard.start].parameters()).dtype
         for peer, items in plan.recv.items():
-            buf = torch.empty(sum(sizes[k] for k, _ in items), dtype=dtype, device=dev)
-            inbox[peer] = buf
-            ops.append(dist.P2POp(dist.irecv, buf, peer))
-        if ops:
-            for req in dist.batch_isend_irecv(ops):
-                req.wait()
+            expected = sum(sizes[k] for k, _ in items)
+            n = int(lengths[peer])
+            if not 0 <= n <= 2 * expected + 1024:
+                raise RuntimeError(
+                    f"process {peer} announced a message of {n} values where {expected} were "
+                    "expected: the processes do not run the same code or config"
+                )
+            inbox[peer] = torch.empty(n, dtype=dtype, device=dev)
+            ops.append(dist.P2POp(dist.irecv, inbox[peer], peer))
+        self._wait(ops)
         got: dict[tuple[int, int], torch.Tensor] = {}
+        broken: set[tuple[int, int]] = set()
         for peer, items in plan.recv.items():
+            if inbox[peer].numel() != sum(sizes[k] for k, _ in items):
+                broken.update(items)
+                continue
             offset = 0
             for k, q in items:
                 got[(k, q)] = inbox[peer][offset : offset + sizes[k]]
                 offset += sizes[k]
-        return got
+        return got, broken
+
+    @staticmethod
+    def _wait(ops: list[Any]) -> None:
+        if ops:
+            for req in dist.batch_isend_irecv(ops):
+                req.wait()
 
     @torch.no_grad()
     def gossip(self, round_: int) -> None:
-        cfg = self.setup.cfg
+        """Send what neighbours on other processes need, then each own holder receives
+        through engines/receive.py (checks, weights returned for dropped messages, rule)."""
         plan = self._plan(round_)
         own_rows: dict[tuple[int, int], torch.Tensor] = {}
         outgoing: dict[tuple[int, int], torch.Tensor] = {}
         for k, g in enumerate(self.groups):
-            for q in plan.mine[k]:
-                own_rows[(k, int(q))] = self._row(k, g.holders[q])
-            if not self.plain_gossip and len(plan.mine[k]):
-                # what an attacker sends: corrupt() over all holders with the shared seed, so
-                # its noise is the noise it would draw in one process
-                bad = torch.from_numpy(self.attackers[np.asarray(g.holders)])
-                full = torch.zeros(len(g.holders), g.numel, device=self.setup.device)
-                for q in plan.mine[k]:
-                    full[q] = own_rows[(k, int(q))]
-                sent = corrupt(full, bad, cfg.attack, derive_seed(cfg.seed, round_, k))
-                for q in plan.mine[k]:
-                    outgoing[(k, int(q))] = sent[q]
-        if self.plain_gossip:
-            outgoing = own_rows
-        got = self._swap(plan, outgoing)
-        dropped = 0
-        for k, g in enumerate(self.groups):
             mine = plan.mine[k]
             if not len(mine):
                 continue
+            rows = torch.stack([self._row(k, g.holders[q]) for q in mine])
             if self.plain_gossip:
-                cols = plan.cols[k]
-                X = torch.stack(
-                    [
-                        own_rows[(k, int(q))] if (k, int(q)) in own_rows else got[(k, int(q))]
-                        for q in cols
-                    ]
-                )
-                Wm = plan.W[k][mine][:, cols].toarray()
-                mixed = torch.as_tensor(Wm, dtype=X.dtype, device=X.device) @ X
-                rows = {int(q): mixed[i] for i, q in enumerate(mine)}
+                sent = rows
             else:
-                full = torch.zeros(len(g.holders), g.numel, device=self.setup.device)
-                sent = torch.zeros_like(full)
-                for (kk, q), row in own_rows.items():
-                    if kk == k:
-                        full[q], sent[q] = row, outgoing[(k, q)]
-                for (kk, q), row in got.items():
-                    if kk == k:
-                        sent[q] = row
-                new, d = robust_mix(full, sent, plan.W[k], cfg.robust, only=mine.tolist())
-                dropped += d
-                rows = {int(q): new[q] for q in mine}
-            for q, row in rows.items():
+                # what an attacker sends: corrupt() over all holders with the shared seed, so
+                # its noise is the noise it would draw in one process
+                full = rows.new_zeros(len(g.holders), g.numel)
+                full[torch.as_tensor(mine, device=rows.device)] = rows
+                sent = self.sent(k, round_, full)[torch.as_tensor(mine, device=rows.device)]
+            for i, q in enumerate(mine.tolist()):
+                own_rows[(k, q)] = rows[i]
+                outgoing[(k, q)] = sent[i]
+        got, broken = self._swap(plan, outgoing)
+        dropped = 0
+        for k, g in enumerate(self.groups):
+            mine, cols = plan.mine[k], plan.cols[k]
+            if not len(mine):
+                continue
+            blank = next(iter(own_rows.values())).new_zeros(g.numel)
+
+            keys = [(k, q) for q in cols.tolist()]
+            own = torch.stack([own_rows.get(key, got.get(key, blank)) for key in keys])
+            sent = (
+                own
+                if self.plain_gossip
+                else torch.stack([outgoing.get(key, got.get(key, blank)) for key in keys])
+            )
+            ok = intact(sent) & np.array([key not in broken for key in keys])
+            W = plan.W[k][mine][:, cols]
+            new, d = receive(
+                own, sent, W, self.setup.cfg.robust, me=np.searchsorted(cols, mine), ok=ok
+            )
+            dropped += d
+            for i, q in enumerate(mine.tolist()):
                 a, offset = g.holders[q], 0
                 for n in g.params:
                     p = self.params[a][n]
-                    p.copy_(row[offset : offset + p.numel()].view_as(p))
+                    p.copy_(new[i, offset : offset + p.numel()].view_as(p))
                     offset += p.numel()
-        if not self.plain_gossip:
-            total = torch.tensor([dropped], dtype=torch.int64)
-            dist.all_reduce(total)
-            self.dropped += int(total)
+        total = torch.tensor([dropped], dtype=torch.int64, device=self.setup.device)
+        dist.all_reduce(total)
+        self.dropped += int(total)
 
     def conflicts(self, before: dict[int, torch.Tensor]) -> dict[str, float]:
         """The mean cosine over (unimodal, multimodal) pairs is <sum of unit unimodal

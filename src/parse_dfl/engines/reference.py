@@ -3,7 +3,8 @@
 Round t:
   1. every agent takes `local_steps` optimiser steps on its own mini-batches;
   2. for every holder group of every shared block, the holders' copies of the block are
-     replaced by W_t @ (stacked copies), W_t the group's mixing matrix in round t.
+     replaced by W_t @ (stacked copies), W_t the group's mixing matrix in round t, after the
+     checks of engines/receive.py (a non-finite block is dropped, its weight returned).
 Optimiser state (momentum, Adam moments) stays local.
 """
 
@@ -119,13 +120,7 @@ class ReferenceEngine(Engine):
     @torch.no_grad()
     def gossip(self, round_: int) -> None:
         for k, g in enumerate(self.groups):
-            stacked = self.block_rows(k)
-            if self.plain_gossip:
-                W, _ = self.schedule.mixing(k, round_)
-                dense = torch.as_tensor(W.toarray(), dtype=stacked.dtype, device=stacked.device)
-                mixed = dense @ stacked
-            else:
-                mixed = self.robust_step(k, round_, stacked)
+            mixed = self.receive_group(k, round_, self.block_rows(k))
             for row, a in enumerate(g.holders):
                 offset = 0
                 for n in g.params:

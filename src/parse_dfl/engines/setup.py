@@ -13,9 +13,12 @@ from torch import nn
 from parse_dfl.config import Config
 from parse_dfl.data import MultimodalDataset, load_dataset
 from parse_dfl.data.partition import AgentSpec, global_test_indices, partition
+from parse_dfl.errors import UserError
 from parse_dfl.graph import Topology
 from parse_dfl.methods import METHODS, Method
 from parse_dfl.models.blocks import param_blocks
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass
@@ -51,21 +54,74 @@ class Setup:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device of `engine.device`; one UserError when this machine lacks it (why: torch
+    would fail later, mid-setup, with a traceback)."""
+    where = "engine.device"
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(
+            where, f"'{name}' is not a device: use auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(where, f"'{name}' is not available here (no CUDA device); use cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UserError(
+                where,
+                f"'{name}' is not available here (this machine has {count} CUDA "
+                f"device{'s' if count != 1 else ''}: cuda:0..cuda:{count - 1})",
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(where, f"'{name}' is not available here (no Apple MPS device); use cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(where, f"'{name}' is not supported: use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def _check_batch_size(cfg: Config, agents: list[AgentSpec]) -> None:
+    """Refuse a batch larger than all the agents' training samples together: each batch wraps
+    around its agent's own samples, so such a batch only repeats them, at a cost that grows
+    without bound (batch_size=10000 on a few dozen samples ran for ever). A batch a little
+    above an agent's samples stays allowed: it is common with small shards (dirichlet)."""
+    sizes = [len(a.train_idx) for a in agents]
+    total = sum(sizes)
+    if cfg.train.batch_size > total:
+        big = max(range(len(sizes)), key=sizes.__getitem__)
+        small = min(range(len(sizes)), key=sizes.__getitem__)
+        have = (
+            f"every agent has {sizes[big]}"
+            if sizes[small] == sizes[big]
+            else f"agent {agents[small].id} has the fewest, {sizes[small]}; agent "
+            f"{agents[big].id} the most, {sizes[big]}"
+        )
+        raise UserError(
+            "train.batch_size",
+            f"{cfg.train.batch_size} is more than all {total} training samples of the "
+            f"{len(agents)} agents together, and a batch only repeats its agent's own samples "
+            f"({have}): use a batch of at most {sizes[big]}",
+        )
 
 
 def build_setup(cfg: Config) -> Setup:
     """Load and partition the data and pick the method and topology (no models yet)."""
     if cfg.engine.threads:
         torch.set_num_threads(cfg.engine.threads)
+    device = resolve_device(cfg.engine.device)  # first: it is cheap, loading data is not
     data = load_dataset(cfg.data)
     agents = partition(data, cfg)
+    _check_batch_size(cfg, agents)
     method = METHODS[cfg.method.name](cfg, data)
     topology = Topology(method.topology_config(cfg.topology), len(agents), cfg.seed)
-    device = resolve_device(cfg.engine.device)
-    x = {m: torch.from_numpy(v).to(device) for m, v in data.modalities.items()}
+    topology.graph(1)  # an impossible graph (erdos-renyi p too small) stops the run here
+    dtype = DTYPES[cfg.engine.dtype]
+    x = {
+        m: torch.from_numpy(v).to(device, dtype=dtype if v.dtype.kind == "f" else None)
+        for m, v in data.modalities.items()
+    }
     y = torch.from_numpy(data.labels.astype(np.int64)).to(device)
     return Setup(
         cfg=cfg,
@@ -84,12 +140,16 @@ def build_setup(cfg: Config) -> Setup:
 
 def build_model(setup: Setup, agent: AgentSpec, device: torch.device | None = None) -> nn.Module:
     """One agent's model, initialised from its own seed: the same values in any process.
-    On the `meta` device it has shapes only (what a process needs of others' agents)."""
+    On the `meta` device it has shapes only (what a process needs of others' agents).
+
+    Initial values are drawn in float32 whatever `engine.dtype` says, so a float64 run
+    starts from the float32 run's values (and the two can be compared)."""
     torch.manual_seed(setup.cfg.seed * 1_000_003 + agent.id)
+    dtype = DTYPES[setup.cfg.engine.dtype]
     if device is not None and device.type == "meta":
         with device:
-            return setup.method.build_model(agent)
-    return setup.method.build_model(agent).to(device or setup.device)
+            return setup.method.build_model(agent).to(dtype)
+    return setup.method.build_model(agent).to(device or setup.device, dtype=dtype)
 
 
 def build_models(setup: Setup) -> list[nn.Module]:

@@ -25,6 +25,7 @@ import numpy as np
 
 from parse_dfl.errors import UserError
 from parse_dfl.experiments.sweep import slug
+from parse_dfl.files import atomic_write_text
 
 REFERENCE_METHODS = {"centralized"}  # upper references: not decentralized, never "best"
 MAX_PID_CELLS = 70_000  # dataset PID tables larger than this take minutes: left to `parse-dfl pid`
@@ -521,7 +522,7 @@ def write_report(
     md += _runs_section(col, here)
     md += _time_section(col, methods)
     md += [f"Report written in {time.perf_counter() - start:.0f} s.", ""]
-    out_path.write_text("\n".join(md))
+    atomic_write_text(out_path, "\n".join(md))
     return out_path
 
 

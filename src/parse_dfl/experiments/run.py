@@ -1,15 +1,25 @@
 """One run: config -> setup -> engine -> results.json (+ the resolved config) in a run folder.
 
-Nothing is written until the run has finished: models.pt, config.yaml and then
-results.json appear, each atomically, so a folder with results.json is always a finished run.
+Nothing is written until the run has finished (or, with `checkpoint.every`, its config.yaml
+and checkpoints): models.pt, config.yaml and then results.json are written to temporary
+files first and renamed into place only once all three are on disk, so a folder with
+results.json is always a finished run, and a full disk leaves the folder as it was.
+
+Replacing a run (`parse-dfl run --overwrite`): the old run stays whole while the new one
+trains; its results.json (the mark of a finished run) and models.pt are removed only just
+before the new run's files are renamed in (without checkpoints: after training), and a
+stale checkpoint.pt at once, so it can never be resumed into the new run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,54 +34,69 @@ from parse_dfl.engines.base import CHECKPOINT
 from parse_dfl.engines.setup import Setup, build_models, build_setup
 from parse_dfl.errors import UserError
 from parse_dfl.evaluation import by_type
+from parse_dfl.files import atomic_write_files, atomic_write_text, torch_bytes
+
+atomic_write = atomic_write_text  # the old name, used by the CLI's --json outputs
+
+RUN_FILES = ("results.json", "models.pt", "config.yaml", CHECKPOINT)
+"""The files that make a folder a run folder (finished: results.json; interrupted: the rest)."""
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file, fsync and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_models(path: Path, models: list[nn.Module]) -> None:
+def models_state(models: list[nn.Module]) -> dict[str, torch.Tensor]:
     """Every agent's final parameters, as tensors only (loaded with weights_only=True)."""
-    state = {
+    return {
         f"{a}.{k}": v.detach().cpu()
         for a, m in enumerate(models)
         for k, v in m.state_dict().items()
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
-def load_run(run_dir: str | Path) -> tuple[dict[str, Any], Setup, list[nn.Module]]:
-    """A finished run folder -> (results, setup, trained models), rebuilt from its config."""
+def read_results(run_dir: str | Path) -> dict[str, Any]:
+    """results.json of a finished run folder, or a UserError saying what is wrong with it
+    (a missing folder, no results.json, a damaged or foreign file)."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(str(run_dir), "no such run folder")
     res_path = run_dir / "results.json"
     if not res_path.is_file():
         raise UserError(str(run_dir), "not a finished run folder (no results.json)")
+    try:
+        results = json.loads(res_path.read_text())
+        if not isinstance(results, dict):
+            raise TypeError(f"a JSON {type(results).__name__}, not an object")
+        if not isinstance(results["config"], dict) or not isinstance(results["method"], str):
+            raise TypeError("'config' is not a mapping or 'method' not a name")
+    except KeyError as e:
+        raise UserError(str(res_path), f"not a results file of a run (no {e} key)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+        raise UserError(str(res_path), f"not a results file of a run ({e})") from None
+    return results
+
+
+def load_run(run_dir: str | Path) -> tuple[dict[str, Any], Setup, list[nn.Module]]:
+    """A finished run folder -> (results, setup, trained models), rebuilt from its config.
+    A damaged folder is a UserError (one line), never a traceback."""
+    run_dir = Path(run_dir)
+    results = read_results(run_dir)
     if not (run_dir / "models.pt").is_file():
         raise UserError(str(run_dir), "the run folder has no models.pt")
-    results = json.loads(res_path.read_text())
     cfg = build_config(results["config"])
     setup = build_setup(cfg)
     models = build_models(setup)
-    state = torch.load(run_dir / "models.pt", map_location=setup.device, weights_only=True)
-    for a, model in enumerate(models):
-        prefix = f"{a}."
-        model.load_state_dict(
-            {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        )
+    try:
+        state = torch.load(run_dir / "models.pt", map_location=setup.device, weights_only=True)
+        for a, model in enumerate(models):
+            prefix = f"{a}."
+            model.load_state_dict(
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            )
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as e:
+        # torch.load / load_state_dict on a damaged or foreign models.pt
+        text = str(e).strip()
+        first = text.splitlines()[0].split(". ")[0] if text else type(e).__name__
+        raise UserError(
+            str(run_dir / "models.pt"), f"cannot load the trained models ({first})"
+        ) from None
     final = setup.method.stage_of(cfg.train.rounds)
     if final:  # a multi-stage method predicts with its last stage's parts
         setup.method.enter_stage(final, setup.agents, models)
@@ -85,7 +110,96 @@ def resume_config(run_dir: str | Path) -> Config:
         raise UserError(str(run_dir), "this run has already finished (results.json exists)")
     if not path.is_file():
         raise UserError(str(run_dir), "nothing to resume: no config.yaml in the run folder")
-    return build_config(yaml.safe_load(path.read_text()))
+    from parse_dfl.yamlsafe import load_file
+
+    return build_config(load_file(path, "config.yaml"))
+
+
+def check_run_folder(out: str | Path, overwrite: bool = False) -> None:
+    """Refuse, before any training, a run folder the run could not or must not write: a
+    path that is (or lies under) a file, a folder that cannot be written, and, unless
+    `overwrite`, a folder that already holds a finished or interrupted run."""
+    out = Path(out)
+    for p in [out, *out.parents]:
+        if p.exists() and not p.is_dir():
+            what = "is a file" if p == out else f"lies under {p}, which is a file"
+            raise UserError(str(out), f"{what}, not a folder; choose another --out")
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found and not overwrite:
+        if "results.json" in found:
+            raise UserError(
+                str(out),
+                "already holds a finished run (results.json); "
+                "use --overwrite to replace it, or another --out",
+            )
+        raise UserError(
+            str(out),
+            f"already holds an interrupted run ({', '.join(found)}); "
+            f"use --resume {out} to continue it, or --overwrite to replace it",
+        )
+    _check_writable(out)
+
+
+def _check_writable(out: Path) -> None:
+    """Create the folder (and its missing parents) and a file in it, then remove all that
+    was created: a run that cannot write its results fails now, not after training."""
+    created: list[Path] = []
+    try:
+        for p in reversed([out, *out.parents]):
+            if not p.exists():
+                p.mkdir()
+                created.append(p)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".parse-dfl-probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(str(out), f"cannot write here: {e.strerror or e}") from None
+    finally:
+        for p in reversed(created):
+            with contextlib.suppress(OSError):
+                p.rmdir()
+
+
+def new_run_folder(name: str, root: str | Path = "runs") -> Path:
+    """A fresh folder `root/NAME-YYYYmmdd-HHMMSS[-N]`, created now so that no other run can
+    take it (remove it again with `remove_if_empty` if the run fails before writing)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{name}-{stamp}"
+    try:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):
+            path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise UserError(str(root), f"cannot create a run folder here: {e.strerror or e}") from None
+    raise UserError(str(root), f"no free run folder name for {base}")
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove `folder` and its subfolders if no file was written in them."""
+    if not folder.is_dir():
+        return
+    for sub in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if sub.is_dir():
+            try:
+                sub.rmdir()
+            except OSError:
+                return
+        else:
+            return
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def _retire_finished(out: Path) -> None:
+    """Remove an earlier finished run's results.json (first: the folder stops looking
+    finished) and models.pt, just before this run's own files take their place."""
+    for name in ("results.json", "models.pt"):
+        (out / name).unlink(missing_ok=True)
 
 
 def run(
@@ -98,9 +212,15 @@ def run(
     start = time.perf_counter()
     setup = build_setup(cfg)
     engine = ENGINES[cfg.engine.name](setup)
+    if out is not None and not resume and engine.writes_output and Path(out).is_dir():
+        # an earlier run's checkpoint must never be resumed into this one
+        (Path(out) / CHECKPOINT).unlink(missing_ok=True)
     if out is not None and cfg.checkpoint.every and not resume and engine.writes_output:
-        atomic_write(
-            Path(out) / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        folder = Path(out)
+        dump = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        atomic_write_files(
+            [(folder / "config.yaml", dump.encode())],
+            before_commit=lambda: _retire_finished(folder),
         )
     res = engine.run(progress=progress, checkpoint_dir=out, resume=resume)
     live_end = engine.faults.live(cfg.train.rounds)
@@ -164,8 +284,13 @@ def run(
         models = engine.agent_models()  # collective on a distributed engine
         if not engine.writes_output:
             return results
-        save_models(out / "models.pt", models)
-        atomic_write(out / "config.yaml", yaml.safe_dump(results["config"], sort_keys=False))
-        atomic_write(out / "results.json", json.dumps(results, indent=2))
+        atomic_write_files(
+            [
+                (out / "models.pt", torch_bytes(models_state(models))),
+                (out / "config.yaml", yaml.safe_dump(results["config"], sort_keys=False).encode()),
+                (out / "results.json", json.dumps(results, indent=2).encode()),
+            ],
+            before_commit=lambda: _retire_finished(out),
+        )
         (out / CHECKPOINT).unlink(missing_ok=True)
     return results

@@ -44,7 +44,8 @@ from tqdm import tqdm
 
 from parse_dfl.config import Config, build_config, parse_override, read_yaml
 from parse_dfl.errors import UserError
-from parse_dfl.experiments.run import atomic_write
+from parse_dfl.files import atomic_write_text
+from parse_dfl.yamlsafe import load_file
 
 SWEEP_KEYS = ("name", "base", "out", "set", "grid", "runs")
 
@@ -283,7 +284,7 @@ def _resumable(run_dir: Path, cfg: Config) -> bool:
     if not (run_dir / CHECKPOINT).is_file() or not (run_dir / "config.yaml").is_file():
         return False
     try:
-        have = build_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        have = build_config(load_file(run_dir / "config.yaml"))
     except (UserError, yaml.YAMLError, OSError):
         return False
     return _what(have.model_dump(mode="json")) == _what(cfg.model_dump(mode="json"))
@@ -301,8 +302,11 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
 
 def _what(cfg: dict[str, Any]) -> dict[str, Any]:
     """The part of a config that defines a result: everything but `engine` (engines compute
-    the same rounds; switching engine or thread count must not invalidate finished runs)."""
-    return {k: v for k, v in cfg.items() if k != "engine"}
+    the same rounds; switching engine or thread count must not invalidate finished runs),
+    except its number type, which changes the arithmetic."""
+    out = {k: v for k, v in cfg.items() if k != "engine"}
+    out["dtype"] = cfg.get("engine", {}).get("dtype", "float32")
+    return out
 
 
 def select(sweep: Sweep, only: list[str]) -> None:
@@ -453,8 +457,10 @@ def _run_one(
         error = str(e)
     except Exception as e:  # a crash in one run must not stop the others
         error = f"{type(e).__name__}: {e}"
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(run_dir) / "error.txt").write_text(traceback.format_exc())
+        try:  # the log is a help, not a must: a full disk must not stop the sweep here
+            atomic_write_text(Path(run_dir) / "error.txt", traceback.format_exc())
+        except (UserError, OSError) as log_error:
+            error += f" (no error.txt: {log_error})"
     return {"status": "failed", "seconds": time.perf_counter() - start, "error": error}
 
 
@@ -481,7 +487,7 @@ def write_status(sweep: Sweep, command: str | None = None) -> None:
         "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
         "runs": [r.as_json() for r in sweep.runs],
     }
-    atomic_write(path, json.dumps(doc, indent=2, default=str))
+    atomic_write_text(path, json.dumps(doc, indent=2, default=str))
 
 
 def run_sweep(

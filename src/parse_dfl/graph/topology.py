@@ -19,7 +19,8 @@ from parse_dfl.config import TopologyConfig
 from parse_dfl.errors import UserError
 
 ER_ATTEMPTS = 50
-"""How many seeds erdos-renyi tries to find a connected graph before settling for the last."""
+"""How many seeds erdos-renyi tries to find a connected graph before giving up (UserError:
+a disconnected graph would silently split the agents into groups that never agree)."""
 
 
 def derive_seed(*parts: int) -> int:
@@ -71,7 +72,13 @@ def _erdos_renyi(n: int, p: float, seed: int) -> nx.Graph:
         g = nx.fast_gnp_random_graph(n, p, seed=derive_seed(seed, attempt))
         if n <= 1 or nx.is_connected(g):
             return g
-    return g
+    # Connected G(n, p) needs p above about ln(n) / n.
+    hint = min(1.0, 2 * math.log(n) / n)
+    raise UserError(
+        "topology.p",
+        f"erdos-renyi could not draw a connected graph on {n} agents with p={p:g} in "
+        f"{ER_ATTEMPTS} tries; use a larger p (e.g. {hint:.2g}) or another topology.name",
+    )
 
 
 def torus_shape(n: int) -> tuple[int, int]:

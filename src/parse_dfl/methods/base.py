@@ -83,7 +83,10 @@ class Method(ABC):
         return {}
 
     def state_dict(self) -> dict:
-        """What a multi-stage method learned about the run (saved in checkpoints)."""
+        """Everything the method keeps between rounds (stage, anchors, clusters, ...): it is
+        saved with every checkpoint, atomically with the models, and a resumed run must
+        equal the uninterrupted one bit for bit (tests/test_resume.py checks every method).
+        Tensors and plain containers only: checkpoints load with weights_only=True."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:

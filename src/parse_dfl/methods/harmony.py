@@ -283,6 +283,24 @@ class HarmonyMethod(Method):
                 self.clusters |= dict(zip(ids, labels.tolist(), strict=True))
         self.stage = stage
 
+    def state_dict(self) -> dict[str, Any]:
+        """Stage, anchors, biases and clusters: a resumed run must share and predict exactly
+        as the uninterrupted one (tensors and plain containers only, for weights_only)."""
+        return {
+            "stage": self.stage,
+            "anchors": {a: {m: w.clone() for m, w in d.items()} for a, d in self.anchors.items()},
+            "biases": {a: torch.from_numpy(np.asarray(b)).clone() for a, b in self.biases.items()},
+            "clusters": dict(self.clusters),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stage = int(state["stage"])
+        self.anchors = {
+            int(a): {str(m): w.clone() for m, w in d.items()} for a, d in state["anchors"].items()
+        }
+        self.biases = {int(a): b.numpy().copy() for a, b in state["biases"].items()}
+        self.clusters = {int(a): int(c) for a, c in state["clusters"].items()}
+
     def summary(self) -> dict[str, Any]:
         """Stage bounds, modality biases and clusters, for results.json (if the engine asks)."""
         return {
