@@ -8,6 +8,8 @@ from scipy.optimize import minimize_scalar
 
 from parse_dfl.config import load_config
 from parse_dfl.diagnostics import dataset_pid, default_clusters, pid_discrete, pid_estimate
+from parse_dfl.diagnostics.pid import DEFAULT_SHUFFLES
+from parse_dfl.diagnostics.pid import assess as pid_assess
 
 TERMS = ("R", "U1", "U2", "S")
 
@@ -217,3 +219,65 @@ def test_synthetic_pid_dominant_term(setting: str, term: str) -> None:
         if other != term:
             assert out[other] < 0.2, (other, out)
     assert sum(out[k] for k in TERMS) == pytest.approx(out["I"], abs=1e-8)
+
+
+# --- when an estimate is not to be read --------------------------------------------------------
+
+
+def test_too_few_samples_per_cell_warn_and_terms_at_the_null_are_marked() -> None:
+    rng = np.random.default_rng(1)
+    n = 60
+    y = rng.integers(0, 4, n)
+    x1 = y[:, None] + rng.normal(0, 0.3, (n, 2))  # x1 knows y; x2 is noise
+    x2 = rng.normal(size=(n, 2))
+    out = pid_estimate(x1, x2, y, clusters=8, shuffles=3)
+    assert out["samples_per_cell"] == pytest.approx(n / (8 * 8 * 4))
+    assert out["cells"] == [8, 8, 4]
+    assert any("per cell, fewer than 1" in w for w in out["warnings"])
+    assert "S" in out["near_null"] and "U1" not in out["near_null"]
+    assert pid_assess(out) == (out["warnings"], out["near_null"])
+
+
+def test_a_well_sampled_estimate_has_no_warning() -> None:
+    rng = np.random.default_rng(0)
+    n = 4000
+    b1, b2 = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    x1 = b1[:, None] * 4.0 + rng.normal(0, 0.3, (n, 3))
+    x2 = b2[:, None] * 4.0 + rng.normal(0, 0.3, (n, 3))
+    out = pid_estimate(x1, x2, b1 ^ b2, clusters=2, shuffles=2)
+    assert out["warnings"] == []
+    assert out["near_null"] == ["R", "U1", "U2"]  # all zero: no information in them
+    # Without shuffles the Miller figure stands in for the null, and nothing is marked.
+    noise = pid_estimate(rng.normal(size=(300, 2)), rng.normal(size=(300, 2)), b1[:300], 6)
+    assert "null" not in noise and noise["near_null"] == []
+    assert any("Miller's bias estimate" in w for w in noise["warnings"])
+
+
+def test_pid_command_prints_the_null_and_warns_on_basic_motions(capsys) -> None:
+    from parse_dfl.cli import build_parser, main
+
+    assert build_parser().parse_args(["pid", "any.yaml"]).shuffles == DEFAULT_SHUFFLES
+    assert main(["pid", "configs/quick.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "the first two of the configured acc, gyro; --modalities a,b" in out
+    assert f"null ({DEFAULT_SHUFFLES} label shuffles)" in out
+    assert "not clearly above null" in out
+    assert "warning: 80 samples for 10 x 10 x 4 = 400 cells (0.2 per cell" in out
+    assert "at most 4 cells per modality (--clusters)" in out
+
+    assert main(["pid", "configs/quick.yaml", "--modalities", "gyro,acc", "--shuffles", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "PID of (gyro, acc)" in out and "chosen with --modalities" in out
+    assert "null (" not in out and "no null: --shuffles 0" in out
+    for bad in ("gyro", "acc,acc", "acc,magnet"):
+        assert main(["pid", "configs/quick.yaml", "--modalities", bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("parse-dfl: error: --modalities:"), err
+
+
+def test_dataset_pid_of_a_chosen_pair_outside_the_configured_ones() -> None:
+    cfg = load_config(None, ["data.name=mfeat"])  # configured: fou, zer (the default pair)
+    out = dataset_pid(cfg, modalities=["kar", "fou"], clusters=4)
+    assert out["modalities"] == ["kar", "fou"] and out["pair_given"]
+    assert out["configured"] is None
+    assert dataset_pid(cfg, clusters=4)["configured"] == ["fou", "zer"]

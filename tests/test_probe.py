@@ -96,6 +96,24 @@ def test_probe_cli(runs: dict[str, Path], tmp_path: Path, capsys: pytest.Capture
     assert main(["probe", str(tmp_path / "nothing")]) == 2
 
 
+def test_probe_says_how_many_samples_and_warns_below_the_threshold(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
+    from parse_dfl.diagnostics.probe import MIN_PROBE_SAMPLES, sample_warnings
+
+    assert sample_warnings(MIN_PROBE_SAMPLES) == []
+    assert "+-10 points" in sample_warnings(MIN_PROBE_SAMPLES - 1)[0]
+    assert probe_run(runs["synthetic-parse"])["probe"]["n_test"] == 100  # at the threshold
+    res = probe_run(runs["parse"])  # basic-motions: a global test set of about 20 samples
+    assert res["probe"]["n_test"] < MIN_PROBE_SAMPLES
+    assert any("held-out samples" in w for w in res["warnings"])
+    assert any(w.startswith("slice PIDs of (acc, gyro): ") for w in res["warnings"])  # 4x4x4
+    assert main(["probe", str(runs["parse"])]) == 0
+    out = capsys.readouterr().out
+    assert f"score on {res['probe']['n_test']})" in out
+    assert f"warning: probe accuracies are scored on {res['probe']['n_test']} held-out" in out
+
+
 # --- missing modality at test time ---------------------------------------------------------
 
 
@@ -122,6 +140,32 @@ def test_missing_cli(runs: dict[str, Path], tmp_path: Path, capsys: pytest.Captu
     assert "without acc" in capsys.readouterr().out
     assert [r["method"] for r in json.loads(out.read_text())] == ["parse", "dsgd-modality"]
     assert main(["missing", str(tmp_path / "nothing")]) == 2
+
+
+def test_missing_reads_a_sweep_folder_as_report_does(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(runs["parse"], sweep / "method=parse" / "seed=0")
+    shutil.copytree(runs["dsgd-modality"], sweep / "method=dsgd-modality" / "seed=0")
+    unimodal = _train(
+        sweep / "method=local",
+        "seed=0",
+        "method.name=local",
+        "train.rounds=1",
+        "agents.mix=acc:2,gyro:2",
+    )
+    out = tmp_path / "missing.json"
+    assert main(["missing", str(sweep), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"passed over (no multimodal agent): {unimodal}" in text
+    assert [r["method"] for r in json.loads(out.read_text())] == ["dsgd-modality", "parse"]
+    assert main(["missing", str(unimodal)]) == 2  # named on its own: refused, one line
+    assert "no multimodal agent" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["missing", str(tmp_path / "empty")]) == 2
 
 
 # --- the models with a modality absent ------------------------------------------------------

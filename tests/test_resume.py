@@ -90,3 +90,38 @@ def test_harmony_clusters_exist_where_the_test_resumes() -> None:
     clusters = res["method_summary"]["harmony"]["clusters"]
     assert len(clusters) == 3
     assert any(g["holders"] >= 2 for k, g in res["holder_graphs"].items() if "cluster" in k)
+
+
+def test_a_checkpoint_from_before_a_new_config_field_still_resumes(tmp_path, monkeypatch) -> None:
+    """A field added to the config after a checkpoint was written counts as its default:
+    the run resumes; a config.yaml that sets it to something else is refused."""
+    import yaml
+
+    from parse_dfl.errors import UserError
+
+    sets = (*BASE, "method.name=local", "engine.name=reference")
+    cut = tmp_path / "cut"
+    original = ENGINES["reference"].local_round
+
+    def stops(self, round_):
+        if round_ == 3:
+            raise Stopped
+        return original(self, round_)
+
+    monkeypatch.setattr(ENGINES["reference"], "local_round", stops)
+    with pytest.raises(Stopped):
+        run(quick_config(*sets), cut, progress=False)
+    monkeypatch.setattr(ENGINES["reference"], "local_round", original)
+    state = torch.load(cut / "checkpoint.pt", weights_only=True)
+    del state["config"]["partition"]["val_fraction"]  # written before the field existed
+    torch.save(state, cut / "checkpoint.pt")
+    resumed = run(resume_config(cut), cut, progress=False, resume=True)
+    assert resumed["resumed_at_round"] == 3
+
+    torch.save(state, cut / "checkpoint.pt")
+    (cut / "results.json").unlink()
+    cfg = yaml.safe_load((cut / "config.yaml").read_text())
+    cfg["partition"]["val_fraction"] = 0.2
+    (cut / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UserError, match="val_fraction"):
+        run(resume_config(cut), cut, progress=False, resume=True)

@@ -135,7 +135,12 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_is_written(
     new = json.loads((out / "results.json").read_text())
     assert old["seed"] == 0 and new["seed"] == 1
     assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 1
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "models.pt", "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.yaml",
+        "metrics.csv",
+        "models.pt",
+        "results.json",
+    ]
 
 
 def test_out_that_is_a_file_is_refused_before_training(tmp_path, capsys, no_training) -> None:

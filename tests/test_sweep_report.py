@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,6 +62,11 @@ def test_report_from_the_smoke_sweep(smoke, capsys) -> None:
     assert "parse-dfl sweep configs/sweeps/smoke.yaml" in text
     assert "## What the data offers and what PARSE's slices hold" in text
     assert "| `method=parse/seed=0` agent" in text  # the lowest-seed PARSE run is probed
+    # basic-motions: every figure says how many samples it rests on, and warns
+    assert "| 80 |" in text  # the dataset PID's samples
+    assert "samples of the global test set" in text and "t-SNE's neighbourhoods" in text
+    assert "- **warning**, dataset PID (all runs; acc, gyro): 80 samples for 10 x 10" in text
+    assert "probe accuracies are scored on" in text
     for fig in (
         "curves_all.png",
         "by_type_all.png",
@@ -161,7 +167,7 @@ def _fake_run(root: Path, method: str, seed: int, fusion: str, acc: float, **ext
     overrides += [f"{k}={v}" for k, v in extra.items()]
     cfg = load_config("configs/quick.yaml", overrides).model_dump(mode="json")
     types = {"acc": acc - 0.05, "gyro": acc - 0.05, "acc+gyro": acc + 0.1}
-    hist = [
+    hist: list[dict[str, Any]] = [
         {"round": t, "mean_accuracy": acc * t / 2, "mean_local_accuracy": acc, "conflict": {}}
         for t in (1, 2)
     ]
@@ -300,3 +306,87 @@ def test_a_reference_run_with_its_own_topology_joins_every_topology_table(tmp_pa
     groups = groups_of(col)
     assert sorted(g for g, _ in groups) == [('"chordal-ring"',), ('"ring"',)]
     assert all("centralized" in {r.method for r in runs} for _, runs in groups)
+
+
+# --- dry run, invocations, what the report shows -------------------------------------------
+
+
+def test_a_dry_run_validates_and_costs_without_writing(smoke, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(["sweep", SMOKE, "--out", str(out), "--dry-run", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "dry run of sweep smoke: 4 runs, every config valid; 0 finished before, 4 to run" in text
+    # quick.yaml: 6 agents; the smoke sweep: 2 rounds of 2 local steps, 4 runs
+    assert [line.split() for line in text.splitlines() if line.startswith("total")] == [
+        ["total", "4", "48", "96"]
+    ]
+    assert "--time" in text and not out.exists()
+    assert main(["sweep", SMOKE, "--out", str(out), "--dry-run", "--time", "--jobs", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "estimated seconds" in text and "an ESTIMATE from one timed round" in text
+    assert "with --jobs 2" in text and not out.exists()
+    done, _ = smoke
+    assert main(["sweep", SMOKE, "--out", str(done), "--dry-run", "--only", "seed=0"]) == 0
+    assert "2 runs, every config valid; 2 finished before, 0 to run" in capsys.readouterr().out
+    assert main(["sweep", SMOKE, "--time"]) == 2
+    assert "--time: only with --dry-run" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"base: {Path('configs/quick.yaml').resolve()}\ngrid: {{model.fuson: [x]}}\n")
+    assert main(["sweep", str(bad), "--out", str(out), "--dry-run"]) == 2
+    assert "model.fuson: unknown key" in capsys.readouterr().err and not out.exists()
+
+
+def test_every_invocation_is_recorded_and_reported(smoke, tmp_path) -> None:
+    done, _ = smoke
+    out = tmp_path / "parts"
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"command": "parse-dfl sweep (an old one)"}))
+    run_sweep(SMOKE, out=out, progress=False, only=["seed=0"], reuse=[done])
+    run_sweep(SMOKE, out=out, progress=False, reuse=[done])
+    calls = json.loads((out / "sweep.json").read_text())["invocations"]
+    assert [c["command"] for c in calls][0] == "parse-dfl sweep (an old one)"
+    assert "--only seed=0 --reuse" in calls[1]["command"] and "--only" not in calls[2]["command"]
+    assert (calls[1]["runs"], calls[1]["to_run"], calls[2]["runs"], calls[2]["to_run"]) == (
+        2,
+        0,
+        4,
+        0,
+    )  # every run was copied from the smoke sweep before it could run
+    text = write_report(out, tsne=False, pid=False).read_text()
+    assert "  - 3 invocations:" in text
+    for c in calls:
+        assert f"`{c['command']}`" in text
+
+
+def test_the_common_settings_list_only_the_data_keys_of_the_source(tmp_path) -> None:
+    for method in ("parse", "local"):
+        _fake_run(tmp_path, method, 0, "mean", 0.8)
+    text = write_report(tmp_path, tsne=False, pid=False).read_text()
+    assert "| `data.name` | `basic-motions` |" in text and "| `data.standardize` |" in text
+    assert "| `data.window` |" not in text and "| `data.path` |" not in text
+    assert "Not shown: data keys that `basic-motions` does not read (data.setting," in text
+
+
+def test_the_report_decomposes_every_modality_pair(tmp_path, monkeypatch) -> None:
+    import torch
+
+    from parse_dfl.experiments import report
+    from parse_dfl.experiments.run import run
+
+    torch.set_num_threads(1)
+    cfg = load_config(
+        "configs/quick.yaml",
+        [
+            "data.name=mfeat",
+            "data.modalities=[fou,kar,zer]",
+            "agents.mix=fou:1,kar:1,zer:1,fou+kar+zer:1",
+            "train.rounds=1",
+        ],
+    )
+    run(cfg, tmp_path / "parse", progress=False)
+    monkeypatch.setattr(report, "MAX_PID_PAIRS", 2)
+    text = write_report(tmp_path, tsne=False).read_text()
+    assert "| all runs | fou, kar | 2000 |" in text and "| all runs | fou, zer | 2000 |" in text
+    assert "| all runs | kar, zer |" not in text
+    assert "3 modalities make 3 pairs; the first 2 are shown" in text
+    assert "| all runs | `parse` agent 3 | 250 / 250 |" in text  # the fou+kar+zer agent

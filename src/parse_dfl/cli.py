@@ -85,17 +85,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if code and fresh:
                 remove_if_empty(out)
             return code
-        results = []
-        for c in configs:
-            target = out / c.method.name if len(configs) > 1 else out
-            r = run(c, target, progress=not args.quiet)
-            results.append(r)
-            if not args.quiet:
-                print(
-                    f"{c.method.name}: global {100 * r['mean_accuracy']:.1f} %, "
-                    f"local {100 * r['mean_local_accuracy']:.1f} %, {r['wall_seconds']:.0f} s",
-                    file=sys.stderr,
-                )
+        targets = [out / c.method.name if len(configs) > 1 else out for c in configs]
+        results = _run_methods(configs, targets, args.jobs, quiet=args.quiet)
     except BaseException:
         if fresh:
             remove_if_empty(out)  # a run that wrote nothing leaves no empty folder behind
@@ -109,6 +100,44 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(accuracy_table(results))
     print(f"run folder: {out}")
     return 0
+
+
+def _run_methods(configs: list, targets: list[Path], jobs: int, quiet: bool) -> list[dict]:
+    """Each method's run, one after the other or in `jobs` processes of one torch thread
+    each (two methods on two cores take about the time of one)."""
+    from parse_dfl.experiments.run import run
+
+    def done(r: dict) -> None:
+        if not quiet:
+            print(
+                f"{r['method']}: global {100 * r['mean_accuracy']:.1f} %, "
+                f"local {100 * r['mean_local_accuracy']:.1f} %, {r['wall_seconds']:.0f} s",
+                file=sys.stderr,
+            )
+
+    if jobs < 1:
+        raise UserError("--jobs", f"must be at least 1 (got {jobs})")
+    if jobs == 1 or len(configs) == 1:
+        results = []
+        for c, target in zip(configs, targets, strict=True):
+            results.append(run(c, target, progress=not quiet))
+            done(results[-1])
+        return results
+    import concurrent.futures as cf
+    import multiprocessing
+
+    from parse_dfl.experiments.sweep import _init_worker
+
+    ctx = multiprocessing.get_context("spawn")  # no fork after torch threads started
+    with cf.ProcessPoolExecutor(
+        max_workers=min(jobs, len(configs)), mp_context=ctx, initializer=_init_worker
+    ) as pool:
+        futures = [
+            pool.submit(run, c, target, False) for c, target in zip(configs, targets, strict=True)
+        ]
+        for f in cf.as_completed(futures):
+            done(f.result())
+        return [f.result() for f in futures]
 
 
 def _check_nprocs(nprocs: int, cfg: Any) -> None:
@@ -234,9 +263,63 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dry_run(args: argparse.Namespace) -> int:
+    """Validate every run and print what the sweep would cost; nothing runs, nothing is written."""
+    from parse_dfl.experiments.sweep import plan_sweep
+
+    if args.reuse:
+        raise UserError("--reuse", "copies runs: not with --dry-run")
+    plan = plan_sweep(
+        args.sweep,
+        out=args.out,
+        only=args.only,
+        timing=args.time,
+        log=None if args.quiet else (lambda msg: print(msg, file=sys.stderr)),
+    )
+    where = plan["out"] + ("" if plan["out_exists"] else " (does not exist yet)")
+    print(
+        f"dry run of sweep {plan['name']}: {plan['runs']} runs, every config valid; "
+        f"{plan['finished']} finished before, {plan['to_run']} to run "
+        f"({plan['resumable']} from a checkpoint); folder {where}, not written"
+    )
+    for note in plan["notes"]:
+        print(f"note: {note}")
+    if not plan["to_run"]:
+        return 0
+    head = ["method", "runs", "agent-rounds", "local agent-steps"]
+    if plan["seconds"] is not None:
+        head.append("estimated seconds")
+    rows = [head]
+    for method, m in plan["methods"].items():
+        row = [method, str(m["runs"]), f"{m['agent_rounds']:,}", f"{m['agent_steps']:,}"]
+        if plan["seconds"] is not None:
+            row.append(f"~{m['seconds']:,.0f}")
+        rows.append(row)
+    total = ["total", str(plan["to_run"]), f"{plan['agent_rounds']:,}", f"{plan['agent_steps']:,}"]
+    rows.append(total + ([f"~{plan['seconds']:,.0f}"] if plan["seconds"] is not None else []))
+    print(text_table(rows))
+    print("cost: agent-rounds = agents x rounds, local agent-steps = x train.local_steps")
+    if plan["seconds"] is None:
+        print("for a time estimate add --time (runs one round of each method, writes nothing)")
+    else:
+        print(
+            f"time: an ESTIMATE from one timed round per method on this machine, scaled by "
+            f"rounds x agents x local steps and counting an evaluation every round (an upper "
+            f"figure when train.eval_every > 1): about {plan['seconds'] / 3600:.2f} h of runs, "
+            f"about {plan['seconds'] / 3600 / max(1, args.jobs):.2f} h with --jobs {args.jobs}"
+        )
+    return 0
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from parse_dfl.experiments.sweep import run_sweep
 
+    if args.jobs < 1:
+        raise UserError("--jobs", f"must be at least 1 (got {args.jobs})")
+    if args.time and not args.dry_run:
+        raise UserError("--time", "only with --dry-run")
+    if args.dry_run:
+        return _dry_run(args)
     summary = run_sweep(
         args.sweep,
         out=args.out,
@@ -259,8 +342,66 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    """Run a tune file's grid, choose each method's setting on validation data, write it."""
+    from parse_dfl.experiments.sweep import run_tune
+
+    if args.jobs < 1:
+        raise UserError("--jobs", f"must be at least 1 (got {args.jobs})")
+    done = run_tune(
+        args.sweep,
+        out=args.out,
+        jobs=args.jobs,
+        progress=not args.quiet,
+        write=args.write,
+        log=None if args.quiet else (lambda msg: print(msg, file=sys.stderr)),
+    )
+    summary, doc = done["sweep"], done["tuned"]
+    print(
+        f"tune {summary['name']}: {summary['runs']} runs, {summary['ran']} run now, "
+        f"{summary['skipped']} finished before, {summary['failed']} failed; folder "
+        f"{summary['out']}"
+    )
+    print(
+        f"chosen on validation data (partition.val_fraction={doc['val_fraction']}, seeds "
+        f"{', '.join(map(str, doc['seeds']))}): highest mean validation accuracy, global "
+        "protocol (ties: local)"
+    )
+    rows = [["method", "setting", "val global", "val local", "settings tried"]]
+    for method, m in doc["methods"].items():
+        setting = " ".join(f"{k}={v}" for k, v in m["set"].items()) or "(the base config)"
+        rows.append(
+            [
+                method,
+                setting,
+                f"{100 * m['val_accuracy']:.1f}",
+                f"{100 * m['val_local_accuracy']:.1f}",
+                str(len(m["candidates"])),
+            ]
+        )
+    print(text_table(rows))
+    for method, missing in doc.get("unfinished", {}).items():
+        print(f"  not chosen: {method}: {missing} run(s) unfinished or failed; run it again")
+    if done["path"] is None:
+        print("no method could be chosen: nothing written")
+        return 1
+    print(f"tuned: {done['path']} (use it in a sweep file: `tuned: <path from the sweep file>`)")
+    return 1 if doc.get("unfinished") else 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
+    import importlib.util
+
     from parse_dfl.experiments.report import write_report
+
+    if args.export:  # the compact raw results, no report (needs no matplotlib)
+        from parse_dfl.experiments.export import export_results
+
+        for path, runs in export_results(args.dir, args.export):
+            print(f"export: {path} ({runs} runs, {path.stat().st_size / 1e3:,.1f} KB)")
+        return 0
+    if importlib.util.find_spec("matplotlib") is None:  # an optional extra: say so, in one line
+        raise UserError("report", "needs matplotlib (pip install 'parse-dfl[report]')")
 
     path = write_report(
         args.dir, out=args.out, tsne=not args.no_tsne, figures=args.figures, pid=not args.no_pid
@@ -270,31 +411,26 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_pid(args: argparse.Namespace) -> int:
+    """The four terms with their shuffled-label null beside them, and a warning line when the
+    sample is too small for the estimate to mean anything (docs/pid.md)."""
     import json
 
     from parse_dfl.config import load_config
-    from parse_dfl.diagnostics import dataset_pid
+    from parse_dfl.diagnostics import dataset_pid, format_pid
 
     cfg = load_config(args.config, args.set)
     if args.clusters is not None and args.clusters < 1:
         raise UserError("--clusters", "must be at least 1")
-    res = dataset_pid(cfg, clusters=args.clusters, shuffles=args.shuffles)
-    m1, m2 = res["modalities"]
-    print(
-        f"PID of ({m1}, {m2}) about the label on '{res['dataset']}' ({res['n_samples']} samples, "
-        f"{res['clusters']} clusters per modality, estimator {res['estimator']}), in bits:"
-    )
-    rows = [
-        [
-            "R (redundant)",
-            "U1 (unique " + m1 + ")",
-            "U2 (unique " + m2 + ")",
-            "S (synergy)",
-            "I(X1,X2;Y)",
-        ]
-    ]
-    rows.append([f"{res[k]:.3f}" for k in ("R", "U1", "U2", "S", "I")])
-    print(text_table(rows))
+    if args.shuffles < 0:
+        raise UserError("--shuffles", "must be 0 or more")
+    pair = None if args.modalities is None else args.modalities.split(",")
+    try:
+        res = dataset_pid(cfg, clusters=args.clusters, shuffles=args.shuffles, modalities=pair)
+    except UserError as e:
+        if e.where != "modalities":
+            raise
+        raise UserError("--modalities", e.problem) from None
+    print(format_pid(res))
     if args.json:
         from parse_dfl.experiments.run import atomic_write
 
@@ -327,22 +463,57 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _cmd_missing(args: argparse.Namespace) -> int:
+    """Every run folder named, or found under a folder named (a sweep folder, a folder of
+    `run --methods`), as `report` finds them; runs without a multimodal agent found under a
+    folder are passed over with a note (a sweep over agent mixes has some), named ones refused."""
     import json
 
     from parse_dfl.diagnostics import format_missing, missing_modality_accuracy
+    from parse_dfl.diagnostics.missing import run_folders
 
-    dirs: list[Path] = []
+    results: list[dict[str, Any]] = []
+    passed: list[str] = []
     for d in map(Path, args.run_dirs):
-        subs = sorted(p.parent for p in d.glob("*/results.json"))
-        # A folder of `parse-dfl run --methods ...` holds one run folder per method.
-        dirs += subs if (not (d / "results.json").is_file() and subs) else [d]
-    results = [missing_modality_accuracy(d) for d in dirs]
+        found = run_folders(d)
+        for run_dir in found:
+            try:
+                results.append(missing_modality_accuracy(run_dir))
+            except UserError as e:
+                if found == [d] or "no multimodal agent" not in e.problem:
+                    raise
+                passed.append(str(run_dir))
+    if not results:
+        raise UserError(" ".join(args.run_dirs), "no run with a multimodal agent")
     print(format_missing(results))
+    if passed:
+        print(f"passed over (no multimodal agent): {', '.join(passed)}")
     if args.json:
         from parse_dfl.experiments.run import atomic_write
 
         out = results[0] if len(results) == 1 else results
         atomic_write(Path(args.json), json.dumps(out, indent=2, default=float))
+    return 0
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    """Write the shipped example configs and the bring-your-own-data example into a new (or
+    empty) folder: a start that runs without a clone of the repository."""
+    from importlib.resources import files
+
+    from parse_dfl.files import atomic_write_files
+
+    folder = Path(args.dir)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(str(folder), "is a file, not a folder")
+    if folder.is_dir() and any(folder.iterdir()) and not args.force:
+        raise UserError(
+            str(folder), "is not empty; choose a new folder, or --force to write into it"
+        )
+    examples = files("parse_dfl").joinpath("examples")
+    items = sorted((e.name, e.read_bytes()) for e in examples.iterdir() if e.is_file())
+    atomic_write_files([(folder / name, data) for name, data in items])
+    print(f"wrote {', '.join(name for name, _ in items)} to {folder}")
+    print(f"next: cd {folder} && parse-dfl run quick.yaml   (see README.md there)")
     return 0
 
 
@@ -374,6 +545,13 @@ def build_parser() -> argparse.ArgumentParser:
         "writes checkpoints; a stale checkpoint.pt is removed at once)",
     )
     r.add_argument("--methods", help="comma-separated methods to run on the same config")
+    r.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --methods: run up to N methods at once, in processes of one thread each",
+    )
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument(
         "--nprocs",
@@ -408,17 +586,51 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="copy finished runs with exactly the same config from DIR instead of rerunning",
     )
+    sw.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate every run and print the count and cost (agent-rounds); run nothing, "
+        "write nothing",
+    )
+    sw.add_argument(
+        "--time",
+        action="store_true",
+        help="with --dry-run: also estimate seconds from one timed round of each method",
+    )
     sw.set_defaults(func=_cmd_sweep)
+
+    tn = sub.add_parser(
+        "tune",
+        help="run a tune file's grid per method and write each method's setting chosen on "
+        "validation data (a tuned file for sweeps)",
+    )
+    tn.add_argument("sweep", help="tune file: a sweep file with a `tune:` section")
+    tn.add_argument("--out", help="folder of its runs (default: the tune file's `out`)")
+    tn.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
+    tn.add_argument("--quiet", action="store_true", help="no progress bars")
+    tn.add_argument("--write", metavar="FILE", help="tuned file to write (default: tune.out)")
+    tn.set_defaults(func=_cmd_tune)
 
     rp = sub.add_parser(
         "report", help="tables and figures (report.md) from every results.json under a folder"
     )
-    rp.add_argument("dir", help="folder with run folders (e.g. a sweep folder)")
+    rp.add_argument(
+        "dir",
+        help="folder with run folders (e.g. a sweep folder), or a compact export "
+        "NAME.jsonl.gz (then the report is NAME.md and the figures NAME/ beside it)",
+    )
     rp.add_argument("--out", help="report file (default DIR/report.md); figures go to DIR/figures")
     rp.add_argument("--figures", help="folder for the PNG figures (default DIR/figures)")
     rp.add_argument("--no-tsne", action="store_true", help="skip the t-SNE of PARSE's slices")
     rp.add_argument(
         "--no-pid", action="store_true", help="skip the dataset PID and the slice probes"
+    )
+    rp.add_argument(
+        "--export",
+        metavar="OUT",
+        help="write no report: write the results under DIR compactly into folder OUT, one "
+        "NAME.jsonl.gz per sweep (results.json without models, history kept), which "
+        "`parse-dfl report OUT/NAME.jsonl.gz` reads back",
     )
     rp.set_defaults(func=_cmd_report)
 
@@ -432,10 +644,16 @@ def build_parser() -> argparse.ArgumentParser:
     pid.add_argument("--json", metavar="FILE", help="also write the estimate as JSON")
     pid.add_argument("--clusters", type=int, help="k-means bins per modality (default: by source)")
     pid.add_argument(
+        "--modalities",
+        metavar="A,B",
+        help="the pair to decompose (default: the first two configured modalities)",
+    )
+    pid.add_argument(
         "--shuffles",
         type=int,
-        default=0,
-        help="also estimate on this many label-shuffled copies (bias check)",
+        default=5,
+        help="label-shuffled estimates whose mean is the null beside each term (default 5; "
+        "0: none)",
     )
     pid.set_defaults(func=_cmd_pid)
 
@@ -459,7 +677,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run_dirs",
         nargs="+",
         metavar="RUN-DIR",
-        help="finished run folder(s); a folder of per-method run folders counts as all of them",
+        help="finished run folder(s); a folder of run folders (a sweep folder, a folder of "
+        "`run --methods`) counts as every run under it",
     )
     ms.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     ms.set_defaults(func=_cmd_missing)
@@ -468,6 +687,14 @@ def build_parser() -> argparse.ArgumentParser:
         func=_cmd_datasets
     )
     sub.add_parser("methods", help="list methods").set_defaults(func=_cmd_methods)
+    it = sub.add_parser(
+        "init", help="write starter configs and a bring-your-own-data example into a folder"
+    )
+    it.add_argument("dir", metavar="DIR", help="folder to create (refused if not empty)")
+    it.add_argument(
+        "--force", action="store_true", help="write into a non-empty folder (replacing those files)"
+    )
+    it.set_defaults(func=_cmd_init)
     c = sub.add_parser("config", help="every config key with its default and meaning")
     c.add_argument("--markdown", action="store_true", help="as a Markdown table")
     c.set_defaults(func=_cmd_config)

@@ -7,6 +7,7 @@ YAML file -> `--set key=value` overrides -> pydantic validation.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from parse_dfl import registry
 from parse_dfl.errors import UserError
 from parse_dfl.yamlsafe import load_file, loads
 
@@ -35,7 +37,16 @@ class DataConfig(Section):
         description="synthetic-pid: redundancy | uniqueness0 | uniqueness1 | synergy, or a "
         "'+'-joined mix such as redundancy+synergy",
     )
-    path: str | None = Field(None, description="npz: path to the bring-your-own data file")
+    path: str | None = Field(
+        None,
+        description="npz: path to the bring-your-own data file; relative to the config file "
+        "that names it (--set: to the working directory)",
+    )
+    layout: Literal["channels-first", "channels-last"] = Field(
+        "channels-first",
+        description="npz: axis order of 3-D series and 4-D image arrays: channels-first "
+        "(N, C, T) / (N, C, H, W) or channels-last (N, T, C) / (N, H, W, C)",
+    )
     n_samples: int = Field(4000, ge=10, description="synthetic-pid: number of samples")
     dim: int = Field(32, ge=2, description="synthetic-pid: features per modality")
     n_classes: int = Field(4, ge=2, description="synthetic-pid: classes per label factor")
@@ -43,6 +54,24 @@ class DataConfig(Section):
     window: int = Field(100, ge=4, description="watch: window length in samples (50 Hz)")
     step: int = Field(50, ge=1, description="watch: hop between window starts")
     standardize: bool = Field(True, description="z-score every feature / channel")
+
+    @classmethod
+    def keys_for(cls, source: str) -> list[str]:
+        """The data keys that mean something for `source`: the common ones and those whose
+        description starts with '<source>:' (why: a report lists only the settings that apply,
+        not data.window for an npz file). tests/test_byod.py checks every prefix names a source."""
+        keys = []
+        for key, info in cls.model_fields.items():
+            owner = source_of(info.description or "")
+            if owner is None or owner == source:
+                keys.append(key)
+        return keys
+
+
+def source_of(description: str) -> str | None:
+    """'watch: window length ...' -> 'watch'; a description without a source prefix -> None."""
+    head, sep, _ = description.partition(": ")
+    return head if sep and re.fullmatch(r"[a-z][a-z0-9-]*", head) else None
 
 
 class AgentsConfig(Section):
@@ -101,12 +130,36 @@ class AgentsConfig(Section):
 
 
 class PartitionConfig(Section):
-    name: Literal["iid", "dirichlet", "group"] = Field(
-        "iid", description="how samples are dealt to agents: iid | dirichlet | group"
+    name: Literal["iid", "dirichlet", "group", "pathological", "shard"] = Field(
+        "iid",
+        description="how samples are dealt to agents: iid | dirichlet | group | pathological "
+        "(classes_per_agent classes each) | shard (label-sorted shards, as in FedAvg)",
     )
     alpha: float = Field(0.5, gt=0, description="dirichlet: concentration (smaller = more skew)")
+    classes_per_agent: int = Field(
+        2, ge=1, description="pathological: the exact number of classes each agent holds"
+    )
+    class_assignment: Literal["random", "deterministic", "first-deterministic"] = Field(
+        "random",
+        description="pathological: which classes an agent holds: random (k distinct, seeded), "
+        "deterministic (agent i: classes i..i+k-1 mod C) or first-deterministic (class i mod C, "
+        "the rest random)",
+    )
+    shard_size: int | None = Field(
+        None,
+        ge=1,
+        description="shard: samples per shard; default: all samples / (agents x shards_per_agent)",
+    )
+    shards_per_agent: int = Field(2, ge=1, description="shard: shards dealt to each agent")
     test_fraction: float = Field(
         0.25, gt=0, lt=1, description="share of each agent's samples held out as its test split"
+    )
+    val_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of each agent's training samples held out as its validation split "
+        "(seeded, class-stratified; for choosing hyperparameters, never the test split); 0: none",
     )
     samples_per_agent: int | None = Field(
         None, ge=2, description="cap on samples per agent (train + test); default: use all data"
@@ -143,6 +196,12 @@ class ModelConfig(Section):
     ensemble: Literal["logits", "probs"] = Field(
         "logits", description="ensemble of heads: mean of logits or mean of probabilities"
     )
+    encoder: str = Field(
+        "auto",
+        description="encoder of every modality: auto (by kind: mlp for vectors, conv1d for "
+        "series, conv2d for images), a registered name, or package.module:Class, built as "
+        "Class(input_shape, out_dim) (see docs/plugins.md)",
+    )
 
     @field_validator("split")
     @classmethod
@@ -154,17 +213,76 @@ class ModelConfig(Section):
 
 class MethodConfig(Section):
     name: str = Field("parse", description="method (see `parse-dfl methods`)")
-    lambda_h: float = Field(0.5, ge=0, description="parse: weight of the per-head CE terms")
-    beta: float = Field(0.1, ge=0, description="parse: weight of the alignment loss")
-    tau: float = Field(0.2, gt=0, description="parse: InfoNCE temperature")
-    align: bool = Field(True, description="parse: use the alignment / separation loss")
+    lambda_h: float = Field(
+        0.5, ge=0, description="parse, parse-plus: weight of the per-head CE terms"
+    )
+    beta: float = Field(0.1, ge=0, description="parse, parse-plus: weight of the alignment loss")
+    tau: float = Field(0.2, gt=0, description="parse, parse-plus: InfoNCE temperature")
+    align: bool = Field(True, description="parse, parse-plus: use the alignment / separation loss")
     redundant_head_scope: Literal["all", "modality", "type", "none"] = Field(
         "all",
-        description="parse: who averages the redundant head: all agents, agents sharing a "
-        "modality, agents of the same type, or nobody",
+        description="parse, parse-plus: who averages the redundant head: all agents, agents "
+        "sharing a modality, agents of the same type, or nobody",
     )
-    share_unique_heads: bool = Field(True, description="parse: average unique heads among holders")
-    share_synergy: bool = Field(True, description="parse: average fusion+synergy head per type")
+    share_unique_heads: bool = Field(
+        True, description="parse, parse-plus: average unique heads among holders"
+    )
+    share_synergy: bool = Field(
+        True, description="parse, parse-plus: average fusion+synergy head per type"
+    )
+    plus_projectors: bool = Field(
+        False,
+        description="parse-plus: one non-linear projector per slice on a shared trunk "
+        "(false: PARSE's single linear layer cut into u/r/s)",
+    )
+    plus_projector_hidden: int = Field(
+        0,
+        ge=0,
+        description="parse-plus: hidden units of each slice projector (0 = as many as keep "
+        "the three projectors within the parameters of PARSE's last encoder layer)",
+    )
+    plus_decor: Literal["none", "xcov", "hsic"] = Field(
+        "none",
+        description="parse-plus: penalty on the dependence of u_m with r_m and with the other "
+        "modalities' r (r held fixed): none, squared cross-correlation (xcov) or kernel HSIC",
+    )
+    plus_gamma: float = Field(0.1, ge=0, description="parse-plus: weight of the u/r penalty")
+    plus_discriminator: bool = Field(
+        False,
+        description="parse-plus: a modality discriminator (shared by all agents) must tell "
+        "the modality from its unique slice",
+    )
+    plus_delta: float = Field(
+        0.1, ge=0, description="parse-plus: weight of the modality discriminator's loss"
+    )
+    plus_fusion: Literal["tensor", "mlp", "mean", "concat", "gated", "attention"] = Field(
+        "tensor",
+        description="parse-plus: synergy fusion: low-rank tensor product (tensor), concat + "
+        "hidden layer (mlp), or one of PARSE's fusions",
+    )
+    plus_fusion_hidden: int = Field(
+        0, ge=0, description="parse-plus: hidden units of mlp/tensor fusion (0 = synergy width)"
+    )
+    plus_synergy_hidden: int = Field(
+        -1,
+        ge=-1,
+        description="parse-plus: hidden units of the synergy head (-1 = synergy width, 0 = linear)",
+    )
+    plus_personal_weights: bool = Field(
+        False,
+        description="parse-plus: per-agent ensemble weights over the heads, trained on the "
+        "agent's data and never shared",
+    )
+    plus_personal_head: bool = Field(
+        False,
+        description="parse-plus: a private head on all of the agent's slices, never shared, "
+        "in the ensemble",
+    )
+    plus_split: Literal["fixed", "pid"] = Field(
+        "fixed",
+        description="parse-plus: slice sizes: model.split (fixed) or its total divided by the "
+        "dataset PID of the training samples (pid: u ~ max(U1, U2), r ~ R, s ~ S)",
+    )
     missing_modality: Literal["zero", "skip"] = Field(
         "zero",
         description="dsgd-task: a modality an agent lacks is zero-filled, or skipped in the mean",
@@ -187,6 +305,11 @@ class MethodConfig(Section):
     common_init: bool = Field(
         True, description="every shared block starts from the same values on all its holders"
     )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="a plug-in method's own settings, checked by its `Options` model (see "
+        "docs/plugins.md); built-in methods take theirs as the flat keys above",
+    )
 
 
 class TrainConfig(Section):
@@ -203,6 +326,13 @@ class TrainConfig(Section):
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd: momentum")
     weight_decay: float = Field(0.0, ge=0, description="weight decay")
     eval_every: int = Field(5, ge=1, description="evaluate every this many rounds (and the last)")
+    eval_global_samples: int = Field(
+        0,
+        ge=0,
+        description="score the global protocol on a fixed, seeded, class-stratified subsample "
+        "of this many held-out samples (0: all of them). Global evaluation costs O(agents^2); "
+        "for very large runs. Recorded in results.json (global_test_size, global_test_full_size)",
+    )
 
 
 class EngineConfig(Section):
@@ -216,7 +346,12 @@ class EngineConfig(Section):
         description="torch device: cpu, cuda, cuda:N, mps, or auto (cuda if available, else "
         "cpu); a device this machine lacks is refused before the run starts",
     )
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch)")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch intra-op threads (default: the cores the 1-minute load average "
+        "leaves free, at least 1: a thread team sharing a busy core waits at every barrier)",
+    )
     dtype: Literal["float32", "float64"] = Field(
         "float32",
         description="floating-point type of models and data; float64 makes engines comparable "
@@ -281,6 +416,14 @@ class CheckpointConfig(Section):
     )
 
 
+class LoggingConfig(Section):
+    tensorboard: bool = Field(
+        False,
+        description="also write TensorBoard scalars to RUN/tensorboard (needs the tensorboard "
+        "package: pip install 'parse-dfl[tensorboard]'); metrics.csv is always written",
+    )
+
+
 class Config(Section):
     seed: int = Field(0, description="seed for data split, models, batches and random graphs")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -295,23 +438,46 @@ class Config(Section):
     attack: AttackConfig = Field(default_factory=AttackConfig)
     robust: RobustConfig = Field(default_factory=RobustConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
     def _check_names(self) -> Config:
-        from parse_dfl.data import SOURCES
-        from parse_dfl.engines import ENGINES
-        from parse_dfl.methods import METHODS
-
-        for where, value, known in (
-            ("data.name", self.data.name, SOURCES),
-            ("method.name", self.method.name, METHODS),
-            ("engine.name", self.engine.name, ENGINES),
-        ):
-            if value not in known:
-                raise ValueError(f"{where}: unknown '{value}' (choose from {', '.join(known)})")
+        """Names and import paths through the registry, which loads the data, method and engine
+        packages only now (why: they import this module). Raises UserError (one line)."""
+        registry.resolve("source", self.data.name, "data.name")
+        method = registry.resolve("method", self.method.name, "method.name")
+        registry.resolve("engine", self.engine.name, "engine.name")
+        if self.model.encoder != "auto":
+            registry.resolve("encoder", self.model.encoder, "model.encoder")
+        options = _check_options(getattr(method, "Options", None), self.method.options)
+        if options != self.method.options:
+            self.method.options = options  # defaults filled in: results.json records them
         if self.topology.name == "edge-list" and not self.topology.path:
             raise ValueError("topology.path: edge-list needs a path to the edge file")
         return self
+
+
+def _check_options(model: type[BaseModel] | None, options: dict[str, Any]) -> dict[str, Any]:
+    """`method.options` checked by the method's own `Options` model (every key must be one of
+    its fields, whatever its own `extra` setting); returns them with defaults filled in."""
+    where = "method.options"
+    if model is None:
+        if options:
+            key = next(iter(options))
+            raise UserError(f"{where}.{key}", "unknown key (this method takes no options)")
+        return options
+    for key in options:
+        if key not in model.model_fields:
+            known = ", ".join(model.model_fields) or "none"
+            raise UserError(
+                f"{where}.{key}", f"unknown key (the options of this method are {known})"
+            )
+    try:
+        return model.model_validate(options).model_dump(mode="json")
+    except ValidationError as e:
+        err = _format_validation_error(e)
+        loc = f"{where}.{err.where}" if err.where != "config" else where
+        raise UserError(loc, err.problem) from None
 
 
 def _format_validation_error(err: ValidationError) -> UserError:
@@ -380,10 +546,34 @@ def build_config(raw: dict[str, Any]) -> Config:
         raise _format_validation_error(e) from None
 
 
+PATH_KEYS = (("data", "path"), ("topology", "path"))
+"""Config keys that name files: a relative one is read against the file that names it."""
+
+
+def resolve_paths(raw: dict[str, Any], base: str | Path) -> dict[str, Any]:
+    """Make every relative file path in `raw` (PATH_KEYS) absolute against the folder `base`,
+    in place; returns `raw`. Why: a config that names `my_data.npz` means the file beside it,
+    wherever the command is run from (a sweep's `base` is read the same way)."""
+    for section, key in PATH_KEYS:
+        node = raw.get(section)
+        if not isinstance(node, dict):
+            continue
+        value = node.get(key)
+        relative = isinstance(value, str) and value and not Path(value).is_absolute()
+        if relative and not str(value).startswith("~"):  # ~/x: the user's home, as npz reads it
+            node[key] = os.path.normpath(os.path.join(os.path.abspath(base), str(value)))
+    return raw
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML file (or start from defaults), apply `--set` overrides, validate."""
-    raw = read_yaml(path) if path is not None else {}
-    return build_config(apply_overrides(raw, list(overrides or [])))
+    """Read a YAML file (or start from defaults), apply `--set` overrides, validate.
+
+    Relative file paths (data.path, topology.path) in the file are resolved against the file's
+    folder, and those given by `--set` against the working directory; both are stored absolute,
+    so a run folder's config.yaml names the same file from anywhere."""
+    raw = resolve_paths(read_yaml(path), Path(path).parent) if path is not None else {}
+    raw = apply_overrides(raw, list(overrides or []))
+    return build_config(resolve_paths(raw, Path.cwd()))
 
 
 def describe_fields(

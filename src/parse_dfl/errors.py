@@ -14,3 +14,7 @@ class UserError(Exception):
         self.problem = " ".join(str(problem).splitlines())
         where, problem = self.where, self.problem
         super().__init__(f"{where}: {problem}" if where else problem)
+
+    def __reduce__(self) -> tuple[type[UserError], tuple[str, str]]:
+        """Rebuilt from (where, problem) when it crosses a process boundary (a worker)."""
+        return (UserError, (self.where, self.problem))

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from parse_dfl.data.partition import AgentSpec
-from parse_dfl.methods import Method
+
+if TYPE_CHECKING:
+    from parse_dfl.methods import Method
 
 
 @torch.no_grad()
@@ -37,6 +40,24 @@ def accuracy(
         correct += int((logits.argmax(dim=-1) == y[part]).sum())
     model.train(was_training)
     return correct / max(1, len(idx))
+
+
+def stratified_subsample(idx: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """`n` of the sample indices `idx` (sorted), each class keeping its share (largest
+    remainders round), drawn with `seed`: the same subsample in every engine and process."""
+    if n <= 0 or n >= len(idx):
+        return idx
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels[idx], return_counts=True)
+    want = counts * n / len(idx)
+    take = np.floor(want).astype(int)
+    order = np.argsort(-(want - take), kind="stable")
+    take[order[: n - int(take.sum())]] += 1
+    keep = [
+        rng.choice(idx[labels[idx] == c], size=k, replace=False)
+        for c, k in zip(classes, take, strict=True)
+    ]
+    return np.sort(np.concatenate(keep))
 
 
 def type_order(agents: Sequence[AgentSpec], modalities: Sequence[str]) -> list[str]:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from parse_dfl import registry
 from parse_dfl.data import basic_motions, mfeat, npz, synthetic_pid, watch  # noqa: F401 (register)
 from parse_dfl.data.base import SOURCES, Kind, MultimodalDataset, Source, register
 from parse_dfl.errors import UserError
@@ -26,11 +27,7 @@ def _standardize(x: np.ndarray, kind: Kind) -> np.ndarray:
 
 def load_dataset(cfg: DataConfig) -> MultimodalDataset:
     """Load the configured source, keep the configured modalities, standardize."""
-    source = SOURCES.get(cfg.name)
-    if source is None:
-        raise UserError(
-            "data.name", f"unknown source '{cfg.name}' (choose from {', '.join(SOURCES)})"
-        )
+    source: Source = registry.resolve("source", cfg.name, "data.name")
     ok, why = source.available()
     if not ok:
         raise UserError("data.name", f"source '{cfg.name}' is not available: {why}")

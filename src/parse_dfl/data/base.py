@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from parse_dfl import registry
 from parse_dfl.errors import UserError
 
 if TYPE_CHECKING:
@@ -102,9 +103,9 @@ class Source:
     default_modalities: tuple[str, ...]
 
 
-SOURCES: dict[str, Source] = {}
+SOURCES: dict[str, Source] = registry.table("source")
+"""The registry's table of sources (see parse_dfl.registry)."""
 
 
 def register(source: Source) -> Source:
-    SOURCES[source.name] = source
-    return source
+    return registry.register("source", source.name, source)  # type: ignore[no-any-return]

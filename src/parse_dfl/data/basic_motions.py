@@ -1,8 +1,10 @@
-"""aeon's BasicMotions: smartwatch accelerometer and gyroscope recordings of four activities.
+"""UEA BasicMotions: smartwatch accelerometer and gyroscope recordings of four activities.
 
-Read from the .ts files shipped with aeon (`aeon/datasets/data/BasicMotions/BasicMotions_TRAIN.ts`
-then `_TEST.ts`, 40 + 40 samples; aeon itself is not imported, its import is slow). Each sample
-is 6 dimensions of 100 time steps (10 s at 10 Hz): dimensions 0-2 accelerometer, 3-5 gyroscope.
+Read from the archive's .ts files shipped in this package (`parse_dfl/data/files/
+BasicMotions_TRAIN.ts.gz` then `_TEST.ts.gz`, 40 + 40 samples; their provenance and terms are
+in `files/README.md`): they are 170 kB, while aeon, which also ships them, pulls about 305 MB.
+Each sample is 6 dimensions of 100 time steps (10 s at 10 Hz): dimensions 0-2 accelerometer,
+3-5 gyroscope.
 
 Modalities: "acc" and "gyro", each (80, 3, 100). Labels follow the @classLabel order of the
 header: Standing 0, Running 1, Walking 2, Badminton 3.
@@ -10,8 +12,9 @@ header: Standing 0, Running 1, Walking 2, Badminton 3.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+import gzip
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,22 +28,14 @@ if TYPE_CHECKING:
 _SPLITS = ("TRAIN", "TEST")
 
 
-def _folder() -> Path | None:
-    spec = importlib.util.find_spec("aeon")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for pkg in spec.submodule_search_locations:
-        folder = Path(pkg) / "datasets" / "data" / "BasicMotions"
-        if all((folder / f"BasicMotions_{s}.ts").is_file() for s in _SPLITS):
-            return folder
-    return None
+def _file(split: str) -> Traversable:
+    return files("parse_dfl.data").joinpath("files", f"BasicMotions_{split}.ts.gz")
 
 
 def available() -> tuple[bool, str]:
-    if importlib.util.find_spec("aeon") is None:
-        return False, "the aeon package is not installed (pip install aeon)"
-    if _folder() is None:
-        return False, "aeon is installed but its BasicMotions .ts files are missing"
+    missing = [s for s in _SPLITS if not _file(s).is_file()]
+    if missing:
+        return False, f"BasicMotions_{missing[0]}.ts.gz is missing from this installation"
     return True, ""
 
 
@@ -78,15 +73,15 @@ def parse_ts(text: str, where: str) -> tuple[np.ndarray, list[str], list[str]]:
 
 
 def load(cfg: DataConfig) -> MultimodalDataset:
-    folder = _folder()
-    if folder is None:
-        raise UserError("data.name", available()[1])
+    ok, why = available()
+    if not ok:
+        raise UserError("data.name", why)
     xs: list[np.ndarray] = []
     names: list[str] = []
     class_names: list[str] = []
     for split in _SPLITS:
-        path = folder / f"BasicMotions_{split}.ts"
-        x, y, cn = parse_ts(path.read_text(), "data.name")
+        text = gzip.decompress(_file(split).read_bytes()).decode("utf-8")
+        x, y, cn = parse_ts(text, "data.name")
         xs.append(x)
         names.extend(y)
         class_names = class_names or cn
@@ -116,8 +111,8 @@ SOURCE = register(
         name="basic-motions",
         load=load,
         available=available,
-        description="aeon BasicMotions: 80 smartwatch recordings, 4 activities, accelerometer "
-        "(acc) and gyroscope (gyro), 100 steps at 10 Hz",
+        description="UEA BasicMotions (shipped): 80 smartwatch recordings, 4 activities, "
+        "accelerometer (acc) and gyroscope (gyro), 100 steps at 10 Hz",
         default_modalities=("acc", "gyro"),
     )
 )

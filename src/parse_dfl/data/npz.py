@@ -6,6 +6,9 @@ Layout of the file given as data.path (written with np.savez / np.savez_compress
                   2-D (N, D)        -> kind "vector"
                   3-D (N, C, T)     -> kind "series" (channels, time steps)
                   4-D (N, C, H, W)  -> kind "image"  (channels, height, width)
+                  (with data.layout: channels-last, (N, T, C) and (N, H, W, C), moved to the
+                  above; a channel axis longer than the last axis is warned about, since a
+                  series stored the other way round would otherwise be read without a word)
     y             integer labels 0..K-1, shape (N,)
     groups        optional integer group per sample (e.g. subject id), shape (N,)
     class_names   optional string array of length K (then K = len(class_names),
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -165,6 +169,27 @@ def _labels(path: Path, y: np.ndarray) -> np.ndarray:
     return out
 
 
+def _channels_first(path: Path, key: str, x: np.ndarray, layout: str) -> np.ndarray:
+    """`x` with its channel axis second, as the encoders read it; a warning when the channel
+    axis comes out longer than the last (time or width) axis, the mark of a series stored
+    (N, T, C) but read channels-first, or the other way round."""
+    if x.ndim < 3:
+        return x
+    if layout == "channels-last":
+        x = np.moveaxis(x, -1, 1)
+    if x.shape[1] > x.shape[-1]:
+        other = "channels-first" if layout == "channels-last" else "channels-last"
+        what = "time steps" if x.ndim == 3 else "columns"
+        warnings.warn(
+            f"{WHERE}: {path}: '{key}' is read as {x.shape[1]} channels of {x.shape[-1]} "
+            f"{what} (data.layout: {layout}); if that is the wrong way round, set "
+            f"data.layout: {other}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return np.ascontiguousarray(x)
+
+
 def load(cfg: DataConfig) -> MultimodalDataset:
     if not cfg.path:
         raise UserError(WHERE, "the npz source needs data.path (the .npz file to load)")
@@ -213,7 +238,7 @@ def load(cfg: DataConfig) -> MultimodalDataset:
             x = x.astype(np.float32)
         if not np.isfinite(x).all():
             raise _fail(path, f"'{key}' has values too large for float32 (beyond 3.4e38)")
-        modalities[name] = x
+        modalities[name] = _channels_first(path, key, x, cfg.layout)
         kinds[name] = KIND_BY_NDIM[x.ndim]
 
     groups = None

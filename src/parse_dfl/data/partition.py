@@ -2,12 +2,14 @@
 
 Agents are numbered by their position on the graph. Each agent gets a disjoint shard of
 samples, split into its train part and its own held-out test part; the union of all test
-parts is the global test set. Everything is a pure function of the seed.
+parts is the global test set. With `partition.val_fraction`, a validation part is taken out of
+the train part (the test part stays as it was). Everything is a pure function of the seed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -18,13 +20,15 @@ from parse_dfl.errors import UserError
 
 @dataclass
 class AgentSpec:
-    """What one agent is: its modalities (in dataset order), encoder width and sample indices."""
+    """What one agent is: its modalities (in dataset order), encoder width and sample indices
+    (train, test and, with `partition.val_fraction`, validation: disjoint)."""
 
     id: int
     modalities: tuple[str, ...]
     width: int
     train_idx: np.ndarray
     test_idx: np.ndarray
+    val_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def type(self) -> str:
@@ -116,6 +120,100 @@ def _shards_group(
     return [rng.permutation(np.array(s, dtype=np.int64)) for s in shards]
 
 
+def _class_sets(
+    n: int, n_classes: int, k: int, mode: str, rng: np.random.Generator
+) -> list[list[int]]:
+    """The k classes (positions in the sorted class list) each agent holds, as
+    flwr-datasets' PathologicalPartitioner assigns them."""
+    held: list[list[int]] = []
+    for a in range(n):
+        if mode == "deterministic":
+            held.append([(a + i) % n_classes for i in range(k)])
+        elif mode == "first-deterministic":
+            first = a % n_classes
+            others = np.array([c for c in range(n_classes) if c != first])
+            held.append([first, *rng.choice(others, size=k - 1, replace=False).tolist()])
+        else:
+            held.append(rng.choice(n_classes, size=k, replace=False).tolist())
+    return held
+
+
+def _shards_pathological(
+    pool: np.ndarray, labels: np.ndarray, n: int, k: int, mode: str, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Every agent gets samples of exactly k classes (flwr-datasets' PathologicalPartitioner,
+    after Li et al. 2021): classes are assigned to agents first, then each class's samples,
+    shuffled (flwr keeps dataset order, which here would follow subjects), are split evenly
+    among the agents holding it. A class no agent holds is left out, with a warning."""
+    classes = np.unique(labels[pool])
+    if k > len(classes):
+        raise UserError(
+            "partition.classes_per_agent",
+            f"{k} classes per agent, but the data has only {len(classes)} classes",
+        )
+    held = _class_sets(n, len(classes), k, mode, rng)
+    shards: list[list[int]] = [[] for _ in range(n)]
+    unused: list[int] = []
+    for c, label in enumerate(classes):
+        holders = [a for a in range(n) if c in held[a]]
+        if not holders:
+            unused.append(int(label))
+            continue
+        idx = rng.permutation(pool[labels[pool] == label])
+        if len(holders) > len(idx):
+            raise UserError(
+                "partition.classes_per_agent",
+                f"class {label} has {len(idx)} samples but {len(holders)} agents hold it; use "
+                "fewer agents or classes per agent, or class_assignment=deterministic",
+            )
+        for a, part in zip(holders, np.array_split(idx, len(holders)), strict=True):
+            shards[a].extend(part.tolist())
+    if unused:
+        warnings.warn(
+            f"partition: no agent holds class(es) {unused} (class_assignment={mode}); their "
+            "samples are not used",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return [rng.permutation(np.array(s, dtype=np.int64)) for s in shards]
+
+
+def _shards_shard(
+    pool: np.ndarray,
+    labels: np.ndarray,
+    n: int,
+    size: int | None,
+    per_agent: int,
+    rng: np.random.Generator,
+) -> list[np.ndarray]:
+    """flwr-datasets' ShardPartitioner (McMahan et al. 2017): the samples sorted by label
+    (stable: ties keep dataset order) are cut into consecutive shards of `size`, and each
+    agent gets `per_agent` shards drawn at random without replacement; a shard may straddle
+    two classes, and samples in no drawn shard are left out."""
+    order = pool[np.argsort(labels[pool], kind="stable")]
+    where = "partition.shard_size" if size is not None else "partition.shards_per_agent"
+    if size is None:
+        size = len(order) // (n * per_agent)
+        if size == 0:
+            raise UserError(
+                where,
+                f"{n} agents x {per_agent} shards need more than the {len(order)} samples "
+                "there are (less than one sample per shard)",
+            )
+    usable = len(order) // size
+    if n * per_agent > usable:
+        raise UserError(
+            where,
+            f"{n} agents x {per_agent} shards of {size} samples need {n * per_agent * size} "
+            f"samples, but there are {len(order)}",
+        )
+    picks = rng.permutation(usable)[: n * per_agent].reshape(n, per_agent)
+    return [
+        rng.permutation(np.concatenate([order[s * size : (s + 1) * size] for s in row]))
+        for row in picks
+    ]
+
+
 def partition(ds: MultimodalDataset, cfg: Config) -> list[AgentSpec]:
     """One AgentSpec per agent, in graph order, with disjoint train/test shards."""
     modalities = list(ds.modalities)
@@ -143,6 +241,12 @@ def partition(ds: MultimodalDataset, cfg: Config) -> list[AgentSpec]:
         shards = _shards_iid(pool, n, rng)
     elif pc.name == "dirichlet":
         shards = _shards_dirichlet(pool, ds.labels, n, pc.alpha, need, rng)
+    elif pc.name == "pathological":
+        shards = _shards_pathological(
+            pool, ds.labels, n, pc.classes_per_agent, pc.class_assignment, rng
+        )
+    elif pc.name == "shard":
+        shards = _shards_shard(pool, ds.labels, n, pc.shard_size, pc.shards_per_agent, rng)
     else:
         if ds.groups is None:
             raise UserError(
@@ -162,6 +266,7 @@ def partition(ds: MultimodalDataset, cfg: Config) -> list[AgentSpec]:
                 f"agent {a} gets only {len(shard)} samples under partition '{pc.name}', fewer "
                 f"than {need}; use fewer agents, another partition, or lower partition.min_train",
             )
+        train, val = _hold_out_validation(shard[n_test:], ds.labels, cfg, a)
         type_key = "+".join(mods)
         width = cfg.agents.width_by_agent.get(
             a, cfg.agents.width_by_type.get(type_key, cfg.agents.width)
@@ -171,8 +276,9 @@ def partition(ds: MultimodalDataset, cfg: Config) -> list[AgentSpec]:
                 id=a,
                 modalities=mods,
                 width=width,
-                train_idx=np.sort(shard[n_test:]),
+                train_idx=train,
                 test_idx=np.sort(shard[:n_test]),
+                val_idx=val,
             )
         )
     for key in cfg.agents.width_by_type:
@@ -182,6 +288,29 @@ def partition(ds: MultimodalDataset, cfg: Config) -> list[AgentSpec]:
         if not 0 <= a < n:
             raise UserError("agents.width_by_agent", f"agent {a} does not exist (0..{n - 1})")
     return agents
+
+
+def _hold_out_validation(
+    train: np.ndarray, labels: np.ndarray, cfg: Config, agent: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) of one agent, sorted: `partition.val_fraction` of its training
+    samples (at least one), class-stratified and seeded per agent. Its own random stream, so
+    val_fraction 0 leaves every split as it was and the test split never depends on it."""
+    from parse_dfl.evaluation import stratified_subsample
+
+    fraction = cfg.partition.val_fraction
+    if fraction <= 0:
+        return np.sort(train), np.zeros(0, dtype=np.int64)
+    n_val = max(1, int(round(fraction * len(train))))
+    if len(train) - n_val < cfg.partition.min_train:
+        raise UserError(
+            "partition.val_fraction",
+            f"agent {agent} keeps only {len(train) - n_val} training samples after holding out "
+            f"{n_val} for validation, fewer than partition.min_train={cfg.partition.min_train}",
+        )
+    seed = int(np.random.SeedSequence([cfg.seed, 0x7A1, agent]).generate_state(1)[0])
+    val = stratified_subsample(np.sort(train), labels, n_val, seed)
+    return np.setdiff1d(train, val), val
 
 
 def global_test_indices(agents: list[AgentSpec]) -> np.ndarray:

@@ -25,7 +25,18 @@ import numpy as np
 
 from parse_dfl.text import text_table
 
-__all__ = ["format_missing", "missing_modality_accuracy"]
+__all__ = ["format_missing", "missing_modality_accuracy", "run_folders"]
+
+
+def run_folders(path: str | Path) -> list[Path]:
+    """The finished run folders a path names: itself if it holds results.json, else every
+    folder under it (at any depth) that does, as `parse-dfl report` reads a sweep folder.
+    A path with neither is returned as is, for the caller's check to refuse it by name."""
+    path = Path(path)
+    if (path / "results.json").is_file() or not path.is_dir():
+        return [path]
+    found = sorted(p.parent for p in path.rglob("results.json"))
+    return found or [path]
 
 
 def missing_modality_accuracy(run_dir: str | Path) -> dict[str, Any]:

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -71,13 +71,39 @@ import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
 from scipy.special import logsumexp
 
+from parse_dfl.text import text_table
+
 if TYPE_CHECKING:
     from parse_dfl.config import Config
 
 LN2 = float(np.log(2.0))
 ESTIMATOR = "broja"
+TERMS = ("R", "U1", "U2", "S", "I")
 
-__all__ = ["dataset_pid", "default_clusters", "pid_discrete", "pid_estimate"]
+DEFAULT_SHUFFLES = 5
+"""Label shuffles `parse-dfl pid` runs unless told otherwise: the null printed beside each term."""
+MIN_SAMPLES_PER_CELL = 1.0
+"""Below one sample per cell of the (x1, x2, y) table the plug-in estimate is not to be read.
+
+Miller's bias formula is a first-order expansion that holds when every cell has several
+expected counts; with fewer samples than cells most cells are empty or hold one sample, the
+plug-in information is biased up by an amount no formula predicts (Paninski 2003), and the
+terms say more about N than about the data. See docs/pid.md."""
+MAX_NULL_SHARE = 0.25
+"""Warn when shuffled labels (or, without shuffles, Miller's bias) give more than this share
+of the measured I(X1,X2;Y): any term may then be inflated by as much as a quarter of the total."""
+NEAR_NULL = 2.0
+"""A term below this multiple of its shuffled-label value is marked as not clearly above it."""
+
+__all__ = [
+    "DEFAULT_SHUFFLES",
+    "assess",
+    "dataset_pid",
+    "default_clusters",
+    "format_pid",
+    "pid_discrete",
+    "pid_estimate",
+]
 
 
 @contextmanager
@@ -318,9 +344,11 @@ def pid_estimate(
     histogram of (cell of x1, cell of x2, y) is decomposed by `pid_discrete`. Besides its keys,
     returns `clusters`, `n_samples`, `n_classes`, `bias_joint` (Miller's first-order estimate of
     the plug-in upward bias of I(X1,X2;Y) if X1, X2 and Y were independent, bits),
-    `samples_per_cell` (N / (K1 K2 |Y|)) and `seconds`. With `shuffles` > 0 it also returns
-    `null`: the mean R, U1, U2, S, I over that many random permutations of y (same cells), the
-    values an estimate shows when there is no information at all; read S against null["S"].
+    `samples_per_cell` (N / (K1 K2 |Y|)), `cells` [K1, K2, |Y|] and `seconds`. With `shuffles`
+    > 0 it also returns `null`: the mean R, U1, U2, S, I over that many random permutations of y
+    (same cells), the values an estimate shows when there is no information at all; read S
+    against null["S"]. `warnings` and `near_null` are what `assess` finds (why: a plug-in
+    estimate from too few samples looks as precise as a good one).
     """
     start = time.perf_counter()
     y = np.asarray(y).reshape(-1)
@@ -354,13 +382,62 @@ def pid_estimate(
         n_classes=ky,
         bias_joint=float(max(0, occ12 - 1) * (ky - 1) / (2 * n * LN2)),
         samples_per_cell=float(n / (k1 * k2 * ky)),
+        cells=[k1, k2, ky],
     )
     if shuffles > 0:
         rng = np.random.default_rng(seed)
-        runs = [pid_discrete(table(rng.permutation(yi))) for _ in range(int(shuffles))]
-        out["null"] = {k: float(np.mean([r[k] for r in runs])) for k in ("R", "U1", "U2", "S", "I")}
+        # The null needs no solver precision: a gap of 1e-3 bits on a sparse shuffled table
+        # (it happens at 64 x 64 x 4 cells) is kept in null["gap"], not warned about.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            runs = [pid_discrete(table(rng.permutation(yi))) for _ in range(int(shuffles))]
+        out["null"] = {k: float(np.mean([r[k] for r in runs])) for k in TERMS}
+        out["null"]["gap"] = float(max(r["gap"] for r in runs))
+        out["shuffles"] = int(shuffles)
+    out["warnings"], out["near_null"] = assess(out)
     out["seconds"] = time.perf_counter() - start
     return out
+
+
+def assess(res: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(warnings, terms near their null) for one `pid_estimate` result.
+
+    Warnings: fewer than MIN_SAMPLES_PER_CELL samples per cell of the table, or shuffled labels
+    (without shuffles: Miller's `bias_joint`) giving more than MAX_NULL_SHARE of the measured
+    I. Near null: the terms (R, U1, U2, S, I) below NEAR_NULL times their shuffled-label value
+    (only with shuffles). Thresholds and why: docs/pid.md, "When to distrust an estimate".
+    """
+    warns: list[str] = []
+    n, spc = int(res["n_samples"]), float(res["samples_per_cell"])
+    k1, k2, ky = res.get("cells") or (res["clusters"], res["clusters"], res["n_classes"])
+    if spc < MIN_SAMPLES_PER_CELL:
+        k_max = int(np.sqrt(n / ky))
+        fix = (
+            f"at most {k_max} cells per modality (--clusters) give one sample per cell"
+            if k_max >= 2
+            else "too few samples for this estimate at any resolution"
+        )
+        warns.append(
+            f"{n} samples for {k1} x {k2} x {ky} = {k1 * k2 * ky} cells ({spc:.2g} per cell, "
+            f"fewer than {MIN_SAMPLES_PER_CELL:g}): the plug-in table is mostly empty cells and "
+            f"single counts, biased up by an unknown amount (Miller's first-order figure "
+            f"{res['bias_joint']:.2f} bits no longer holds); {fix}"
+        )
+    total = float(res["I"])
+    null = res.get("null")
+    level, what = (
+        (null["I"], f"shuffled labels give I = {null['I']:.2f} bits")
+        if null
+        else (float(res["bias_joint"]), f"Miller's bias estimate is {res['bias_joint']:.2f} bits")
+    )
+    if level > MAX_NULL_SHARE * total:
+        share = level / total if total > 0 else float("inf")
+        warns.append(
+            f"{what}, {share:.0%} of the measured I(X1,X2;Y) = {total:.2f}: any term may be "
+            f"inflated by that much; read only terms well above {'their null' if null else 'it'}"
+        )
+    near = [t for t in TERMS if null and res[t] < NEAR_NULL * null[t]]
+    return warns, near
 
 
 def default_clusters(cfg: Config) -> int:
@@ -377,19 +454,39 @@ def default_clusters(cfg: Config) -> int:
 
 
 def dataset_pid(
-    cfg: Config, clusters: int | None = None, seed: int | None = None, shuffles: int = 0
+    cfg: Config,
+    clusters: int | None = None,
+    seed: int | None = None,
+    shuffles: int = 0,
+    modalities: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """PID of the configured dataset's first two modalities about its label, in bits.
+    """PID of two of the configured dataset's modalities about its label, in bits.
 
     Loads `cfg.data` with parse_dfl.data.load_dataset (so `data.modalities` picks and orders the
-    modalities, and features are standardised as configured) and returns `pid_estimate(...)`
-    plus `modalities` [m1, m2] and `dataset`. `clusters` defaults to `default_clusters(cfg)`,
-    `seed` to cfg.seed; `shuffles` as in `pid_estimate`.
+    modalities, and features are standardised as configured). `modalities`: the pair [m1, m2]
+    (any two the source has, configured or not); default: the first two configured ones.
+    Returns `pid_estimate(...)` plus `modalities` [m1, m2], `pair_given` (whether the pair was
+    chosen by the caller), `configured` (without a pair: every modality the config selects, of
+    which the first two were taken; else None) and `dataset`.
+    `clusters` defaults to `default_clusters(cfg)`, `seed` to cfg.seed; `shuffles` as in
+    `pid_estimate`. A pair that is not two distinct modalities of the source is a UserError at
+    `modalities`.
     """
     from parse_dfl.data import load_dataset
     from parse_dfl.errors import UserError
 
-    ds = load_dataset(cfg.data)
+    if modalities is not None:
+        pair = [str(m).strip() for m in modalities]
+        if len(pair) != 2 or len(set(pair)) != 2 or not all(pair):
+            raise UserError("modalities", f"give two different modalities, got {pair}")
+        try:
+            ds = load_dataset(cfg.data.model_copy(update={"modalities": pair}))
+        except UserError as e:
+            if e.where != "data.modalities":
+                raise
+            raise UserError("modalities", e.problem) from None
+    else:
+        ds = load_dataset(cfg.data)
     mods = list(ds.modalities)
     if len(mods) < 2:
         raise UserError("data.modalities", f"PID needs two modalities, '{ds.name}' has {mods}")
@@ -402,5 +499,55 @@ def dataset_pid(
         seed=cfg.seed if seed is None else seed,
         shuffles=shuffles,
     )
-    out.update(modalities=[m1, m2], dataset=ds.name, n_samples=ds.n_samples)
+    out.update(
+        modalities=[m1, m2],
+        pair_given=modalities is not None,
+        configured=None if modalities is not None else mods,
+        dataset=ds.name,
+        n_samples=ds.n_samples,
+    )
     return out
+
+
+def format_pid(res: dict[str, Any]) -> str:
+    """`dataset_pid`'s result as `parse-dfl pid` prints it: which pair and why, one row per
+    term with its null and a mark where it is not clearly above it, then the warnings."""
+    m1, m2 = res["modalities"]
+    k1, k2, ky = res["cells"]
+    if res.get("pair_given"):
+        which = "chosen with --modalities"
+    else:
+        which = f"the first two of the configured {', '.join(res['configured'])}"
+        which += "; --modalities a,b for another pair"
+    lines = [
+        f"PID of ({m1}, {m2}) about the label on '{res['dataset']}' ({which})",
+        f"{res['n_samples']} samples, {ky} classes, {k1} x {k2} k-means cells "
+        f"({res['samples_per_cell']:.2g} samples per cell), estimator {res['estimator']}; bits",
+    ]
+    null = res.get("null")
+    head = ["term", "estimate"]
+    if null:
+        head += [f"null ({res['shuffles']} label shuffles)", ""]
+    rows = [head]
+    names = {
+        "R": "R (redundant)",
+        "U1": f"U1 (unique {m1})",
+        "U2": f"U2 (unique {m2})",
+        "S": "S (synergy)",
+        "I": "I(X1,X2;Y)",
+    }
+    for t, name in names.items():
+        row = [name, f"{res[t]:.3f}"]
+        if null:
+            row += [f"{null[t]:.3f}", "not clearly above null" if t in res["near_null"] else ""]
+        rows.append(row)
+    lines.append(text_table(rows))
+    if not null:
+        lines.append("no null: --shuffles 0 (compare the terms with Miller's bias instead)")
+    if res["near_null"]:
+        lines.append(
+            "not clearly above null: below twice the value with the labels shuffled "
+            "(same cells): read it as no measurable information"
+        )
+    lines += [f"warning: {w}" for w in res["warnings"]]
+    return "\n".join(lines)

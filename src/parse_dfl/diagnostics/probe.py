@@ -39,10 +39,41 @@ from parse_dfl.text import text_table
 if TYPE_CHECKING:
     from parse_dfl.models.parse import ParseModel
 
-__all__ = ["format_probe", "linear_cka", "linear_probe", "probe_run", "similarity"]
+__all__ = [
+    "MIN_PROBE_SAMPLES",
+    "format_probe",
+    "linear_cka",
+    "linear_probe",
+    "probe_run",
+    "sample_warnings",
+    "similarity",
+]
 
 SLICES = ("u", "r", "s")
 SLICE_NAMES = {"u": "unique", "r": "redundant", "s": "synergistic"}
+MIN_PROBE_SAMPLES = 100
+"""Fewest held-out samples a probe accuracy is read from without a warning.
+
+A held-out accuracy from n samples has a binomial standard error of at most 0.5 / sqrt(n); below
+100 samples its 95 % interval (1.96 x 0.5 / sqrt(n)) is wider than +-10 points, about the size
+of the differences between slices that the probe is asked about (docs/pid.md)."""
+
+
+def accuracy_halfwidth(n: int) -> float:
+    """Worst-case (p = 0.5) half-width of a 95 % binomial interval of an accuracy on n samples."""
+    return 1.96 * 0.5 / float(np.sqrt(max(n, 1)))
+
+
+def sample_warnings(n_test: int, what: str = "probe accuracies") -> list[str]:
+    """A warning when `n_test` held-out samples are too few to compare accuracies (see
+    MIN_PROBE_SAMPLES), else nothing."""
+    if n_test >= MIN_PROBE_SAMPLES:
+        return []
+    return [
+        f"{what} are scored on {n_test} held-out samples (fewer than {MIN_PROBE_SAMPLES}): "
+        f"each is uncertain by up to +-{100 * accuracy_halfwidth(n_test):.0f} points (95 %), "
+        "so differences below that mean nothing"
+    ]
 
 
 def _finished_parse_run(run_dir: Path) -> dict[str, Any]:
@@ -185,7 +216,8 @@ def probe_run(
     pairing and k-means; `shuffles` label permutations give the PID's null figures.
 
     Returns a dict: run_dir, method, dataset, agent, type, modalities, n_samples, n_classes,
-    split, chance (share of the commonest class), probe {accuracy: {u_<m>, r_<m>, s_<m>, ...,
+    split, chance (share of the commonest class), warnings (too few held-out samples for the
+    probes, too few per cell for the slice PIDs), probe {accuracy: {u_<m>, r_<m>, s_<m>, ...,
     r_fused, s_fused}, n_train, n_test, seed}, heads {unique.<m>, redundant, synergy,
     ensemble: the model's own heads' accuracies on all samples}, pid {clusters, shuffles,
     pairs: {"<a>,<b>": {u|r|s: pid_estimate(...) of that slice pair}}}, similarity
@@ -254,6 +286,9 @@ def probe_run(
         for m in mods
     }
     counts = np.bincount(y, minlength=n_classes)
+    notes = sample_warnings(n_test)
+    for key, pid in pairs.items():
+        notes += _pid_notes(key, pid)
     return {
         "run_dir": str(run_dir),
         "method": results["method"],
@@ -270,7 +305,40 @@ def probe_run(
         "pid": {"clusters": k, "shuffles": int(shuffles), "pairs": pairs},
         "similarity": sims,
         "within": within,
+        "warnings": list(dict.fromkeys(notes)),
     }
+
+
+def _pid_notes(key: str, pid: dict[str, dict[str, Any]]) -> list[str]:
+    """At most two lines for the three slice PIDs of one modality pair (why: they share the
+    samples and the cells, so one warning each of `assess`'s kinds says it all)."""
+    from parse_dfl.diagnostics.pid import MAX_NULL_SHARE, MIN_SAMPLES_PER_CELL
+
+    pair = key.replace(",", ", ")
+    sparse = [s for s in SLICES if pid[s]["samples_per_cell"] < MIN_SAMPLES_PER_CELL]
+    notes = []
+    if sparse:
+        p = pid[sparse[0]]
+        k1, k2, ky = p["cells"]
+        notes.append(
+            f"slice PIDs of ({pair}): {p['n_samples']} samples for {k1} x {k2} x {ky} cells "
+            f"({p['samples_per_cell']:.2g} per cell, fewer than {MIN_SAMPLES_PER_CELL:g}): "
+            "mostly sampling bias; fewer --clusters, or read only the probes"
+        )
+    shares = {
+        s: pid[s]["null"]["I"] / pid[s]["I"]
+        for s in SLICES
+        if pid[s].get("null")
+        and pid[s]["I"] > 0
+        and pid[s]["null"]["I"] > MAX_NULL_SHARE * pid[s]["I"]
+    }
+    if shares:
+        notes.append(
+            f"slice PIDs of ({pair}): shuffled labels give {min(shares.values()):.0%}"
+            + (f"-{max(shares.values()):.0%}" if len(shares) > 1 else "")
+            + f" of the measured I for {', '.join(shares)}: read only terms well above their null"
+        )
+    return notes
 
 
 def format_probe(res: dict[str, Any]) -> str:
@@ -363,4 +431,5 @@ def format_probe(res: dict[str, Any]) -> str:
             )
     if len(rows) > 1:
         lines.append(text_table(rows))
+    lines += [f"warning: {w}" for w in res.get("warnings", [])]
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from parse_dfl.engines.faults import FaultPlan
 from parse_dfl.engines.gossip import GossipSchedule
@@ -42,10 +43,16 @@ class EngineResult:
     wall_seconds: float
     live_rounds: np.ndarray
     extra: dict[str, Any] = field(default_factory=dict)
+    # (global, local) validation accuracy of every agent; None without a validation split
+    val_accuracy: list[float] | None = None
+    val_local_accuracy: list[float] | None = None
 
 
 class Engine(ABC):
     name: str = ""
+    on_eval: Callable[[list[dict[str, Any]]], None] | None = None
+    """Called with the history so far: once before the first round (on resume, the
+    checkpoint's) and after every evaluation; experiments/metrics.py writes metrics.csv."""
 
     def __init__(self, setup: Setup) -> None:
         self.setup = setup
@@ -120,6 +127,26 @@ class Engine(ABC):
     def evaluate(self) -> tuple[list[float], list[float]]:
         """(global, local) test accuracy of every agent."""
 
+    def evaluate_validation(self) -> tuple[list[float], list[float]]:
+        """(global, local) validation accuracy of every agent: `evaluate` with the setup's
+        validation sets in the place of its test sets, so that every engine measures
+        validation exactly as it measures test (and none needs code of its own for it)."""
+        s = self.setup
+        saved = s.global_test, s.test_idx
+        assert s.val_global is not None
+        s.global_test, s.test_idx = s.val_global, s.val_idx
+        self.evaluation_sets_changed()
+        try:
+            return self.evaluate()
+        finally:
+            s.global_test, s.test_idx = saved
+            self.evaluation_sets_changed()
+
+    def evaluation_sets_changed(self) -> None:
+        """`setup.global_test` / `setup.test_idx` were swapped: an engine that keeps tables
+        built from them rebuilds them here (the reference engine reads them afresh)."""
+        return None
+
     @abstractmethod
     def block_rows(self, k: int) -> torch.Tensor:
         """The holders' current copies of group k's block, flattened: (holders, numel), as a
@@ -187,9 +214,11 @@ class Engine(ABC):
     def checkpoint_config(self) -> dict[str, Any]:
         """The config a checkpoint records and a resume must match, as plain containers (a
         checkpoint loads with weights_only=True): all of it but the engine, which may change
-        on resume, except its number type, which changes the arithmetic."""
+        on resume, except its number type, which changes the arithmetic, and the logging,
+        which changes no number."""
         cfg = self.setup.cfg.model_dump(mode="json")
         cfg["engine"] = {k: v for k, v in cfg.get("engine", {}).items() if k == "dtype"}
+        cfg.pop("logging", None)
         return cfg
 
     def save_checkpoint(self, path: Path, round_: int, loop: dict[str, Any]) -> None:
@@ -215,15 +244,27 @@ class Engine(ABC):
         except Exception as e:  # a damaged file: say which, never execute anything from it
             raise UserError(str(path), f"unreadable checkpoint ({type(e).__name__})") from None
 
-        def differences(old: Any, new: Any, key: str = "") -> list[str]:
+        from parse_dfl.config import Config
+
+        def differences(old: Any, new: Any, default: Any, key: str = "") -> list[str]:
+            """A key the checkpoint lacks was added to the config after it was written: it
+            counts as that field's default (defaults keep earlier behaviour)."""
             if isinstance(old, dict) and isinstance(new, dict):
                 keys = list(old) + [k for k in new if k not in old]
-                return [d for k in keys for d in differences(old.get(k), new.get(k), f"{key}.{k}")]
+                dflt = default if isinstance(default, dict) else {}
+                return [
+                    d
+                    for k in keys
+                    for d in differences(
+                        old.get(k, dflt.get(k)), new.get(k), dflt.get(k), f"{key}.{k}"
+                    )
+                ]
             same = old == new or (old != old and new != new)  # NaN, read back, equals NaN
             return [] if same else [f"{key.lstrip('.')}: {old!r} -> {new!r}"]
 
         if "config" in state:
-            diffs = differences(state["config"], self.checkpoint_config())
+            defaults = Config().model_dump(mode="json")
+            diffs = differences(state["config"], self.checkpoint_config(), defaults)
             if diffs:
                 more = f", and {len(diffs) - 3} more" if len(diffs) > 3 else ""
                 raise UserError(
@@ -259,6 +300,8 @@ class Engine(ABC):
             done, loop = self.load_checkpoint(ckpt)
             self.dropped = int(loop["dropped"])
             first = done + 1
+        if self.on_eval is not None:
+            self.on_eval(loop["history"])
         start = time.perf_counter() - loop["seconds"]
         bar = tqdm(
             range(first, cfg.train.rounds + 1),
@@ -283,19 +326,25 @@ class Engine(ABC):
             if evaluating:
                 acc = self.evaluate()
                 loop["acc"] = [list(acc[0]), list(acc[1])]
-                loop["history"].append(
-                    {
-                        "round": t,
-                        "train_loss": loss,
-                        "mean_accuracy": float(np.mean(acc[0])),
-                        "mean_local_accuracy": float(np.mean(acc[1])),
-                        "by_type": by_type(agents, acc[0], mods),
-                        "by_type_local": by_type(agents, acc[1], mods),
-                        "bytes_sent": int(loop["sent"].sum()),
-                        "seconds": time.perf_counter() - start,
-                        "conflict": conflict,
-                    }
-                )
+                entry: dict[str, Any] = {
+                    "round": t,
+                    "train_loss": loss,
+                    "mean_accuracy": float(np.mean(acc[0])),
+                    "mean_local_accuracy": float(np.mean(acc[1])),
+                    "by_type": by_type(agents, acc[0], mods),
+                    "by_type_local": by_type(agents, acc[1], mods),
+                    "bytes_sent": int(loop["sent"].sum()),
+                    "seconds": time.perf_counter() - start,
+                    "conflict": conflict,
+                }
+                if setup.val_global is not None:
+                    val = self.evaluate_validation()
+                    loop["val"] = [list(val[0]), list(val[1])]
+                    entry["mean_val_accuracy"] = float(np.mean(val[0]))
+                    entry["mean_val_local_accuracy"] = float(np.mean(val[1]))
+                loop["history"].append(entry)
+                if self.on_eval is not None:
+                    self.on_eval(loop["history"])
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{np.mean(acc[0]):.3f}")
             if ckpt is not None and every and t % every == 0 and t < cfg.train.rounds:
                 loop["seconds"] = time.perf_counter() - start
@@ -310,6 +359,8 @@ class Engine(ABC):
             holder_graphs=self.schedule.describe(),
             wall_seconds=time.perf_counter() - start,
             live_rounds=loop["live_rounds"].numpy(),
+            val_accuracy=loop["val"][0] if "val" in loop else None,
+            val_local_accuracy=loop["val"][1] if "val" in loop else None,
             extra={
                 "dropped_messages": self.dropped,
                 "resumed_at_round": first if first > 1 else None,

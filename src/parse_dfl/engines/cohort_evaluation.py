@@ -151,6 +151,16 @@ class CohortEvaluation:
             c.template.train()
         return correct
 
+    def evaluation_sets_changed(self) -> None:
+        """The local protocol's padded index table follows `setup.test_idx` (the engine's
+        validation evaluation swaps the validation splits in, then the test splits back)."""
+        s = self.setup
+        sizes = [len(t) for t in s.test_idx]
+        self.test_len = torch.tensor(sizes, dtype=torch.long, device=s.device)
+        self.test_table = torch.zeros((len(sizes), max(sizes)), dtype=torch.long, device=s.device)
+        for a, idx in enumerate(s.test_idx):
+            self.test_table[a, : len(idx)] = idx
+
     def evaluate(self) -> tuple[list[float], list[float]]:
         s = self.setup
         n = len(s.agents)

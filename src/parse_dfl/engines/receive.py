@@ -135,34 +135,63 @@ def _col(mask: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(mask, device=like.device)[:, None]
 
 
-def _robust(own: torch.Tensor, sent: torch.Tensor, box: Inbox, rule: RobustConfig) -> torch.Tensor:
-    """The non-linear rules, receiver by receiver."""
+def _robust(
+    own: torch.Tensor,
+    sent: torch.Tensor,
+    box: Inbox,
+    rule: RobustConfig,
+    chunk_bytes: int = 64 << 20,
+) -> torch.Tensor:
+    """The non-linear rules, vectorised over receivers: each receiver's kept messages are
+    gathered into a (receivers, most neighbours, numel) block padded with NaN (ignored by
+    nanmedian, sorted last, masked out of means), in chunks of receivers of bounded size."""
     W = box.W
-    out = torch.empty((W.shape[0], own.shape[1]), dtype=own.dtype, device=own.device)
-    for i in range(W.shape[0]):
-        lo, hi = W.indptr[i], W.indptr[i + 1]
-        cols, weights = W.indices[lo:hi], W.data[lo:hi]
-        mine = own[int(box.me[i])]
-        others = cols != box.me[i]
-        if box.ok is not None:
-            others &= box.ok[cols]
-        if not others.any():
-            out[i] = mine
+    R, numel = W.shape[0], own.shape[1]
+    coo = W.tocoo()
+    keep = coo.col != box.me[coo.row]
+    if box.ok is not None:
+        keep &= box.ok[coo.col]
+    rows, cols, weights = coo.row[keep], coo.col[keep], coo.data[keep]
+    order = np.lexsort((cols, rows))
+    rows, cols, weights = rows[order], cols[order], weights[order]
+    count = np.bincount(rows, minlength=R)
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(count) - count, count)
+    D = int(count.max()) if len(rows) else 0
+    out = own[torch.as_tensor(box.me, device=own.device)].clone()
+    if D == 0:
+        return out
+    dev = own.device
+    nbr = np.zeros((R, D), dtype=np.int64)
+    wgt = np.zeros((R, D))
+    nbr[rows, slot], wgt[rows, slot] = cols, weights
+    has = np.zeros((R, D), dtype=bool)
+    has[rows, slot] = True
+    step = max(1, chunk_bytes // max(1, (D + 1) * numel * own.element_size()))
+    for lo in range(0, R, step):
+        hi = min(R, lo + step)
+        live = torch.as_tensor(has[lo:hi], device=dev)
+        if not bool(live.any()):
             continue
-        m = sent[torch.as_tensor(cols[others], device=own.device)]
+        mine = out[lo:hi]
+        msgs = sent[torch.as_tensor(nbr[lo:hi], device=dev)]  # (r, D, numel)
         if rule.rule == "clip":
-            w_t = torch.as_tensor(weights[others], dtype=own.dtype, device=own.device)
-            diff = m - mine
-            norms = diff.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            out[i] = mine + w_t @ (diff * torch.clamp(rule.radius / norms, max=1.0))
+            w = torch.as_tensor(wgt[lo:hi], dtype=own.dtype, device=dev)
+            diff = msgs - mine[:, None, :]
+            norms = diff.norm(dim=2, keepdim=True).clamp_min(1e-12)
+            clipped = diff * torch.clamp(rule.radius / norms, max=1.0)
+            out[lo:hi] = mine + torch.einsum("rd,rdn->rn", w, clipped)
             continue
-        values = torch.cat([mine[None], m])
+        values = torch.cat([mine[:, None, :], msgs.masked_fill(~live[:, :, None], float("nan"))], 1)
         if rule.rule == "median":
-            out[i] = values.median(dim=0).values
-        else:
-            k = int(rule.trim * values.shape[0])
-            srt = values.sort(dim=0).values
-            out[i] = srt[k : values.shape[0] - k].mean(dim=0)
+            out[lo:hi] = values.nanmedian(dim=1).values
+            continue
+        n = torch.as_tensor(count[lo:hi] + 1, device=dev)  # values per receiver
+        k = (rule.trim * n.to(torch.float64)).floor().long()  # cut at each end
+        srt = values.sort(dim=1).values  # NaN padding sorts last
+        pos = torch.arange(D + 1, device=dev)[None, :]
+        kept = (pos >= k[:, None]) & (pos < (n - k)[:, None])
+        total = srt.masked_fill(~kept[:, :, None], 0.0).sum(dim=1)
+        out[lo:hi] = total / (n - 2 * k)[:, None].to(own.dtype)
     return out
 
 

@@ -4,19 +4,25 @@ topology, models with common initial values, and the holder groups of every shar
 from __future__ import annotations
 
 from collections.abc import Callable, Container
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
+from parse_dfl import registry
 from parse_dfl.config import Config
 from parse_dfl.data import MultimodalDataset, load_dataset
 from parse_dfl.data.partition import AgentSpec, global_test_indices, partition
 from parse_dfl.errors import UserError
+from parse_dfl.evaluation import stratified_subsample
 from parse_dfl.graph import Topology
-from parse_dfl.methods import METHODS, Method
+from parse_dfl.graph.topology import derive_seed
 from parse_dfl.models.blocks import param_blocks
+
+if TYPE_CHECKING:
+    from parse_dfl.methods import Method
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -51,6 +57,11 @@ class Setup:
     global_test: torch.Tensor
     train_idx: list[torch.Tensor]
     test_idx: list[torch.Tensor]
+    threads: str = ""  # torch threads of this run and why (for the run's first line)
+    # validation (partition.val_fraction > 0): the analogues of global_test and test_idx,
+    # for choosing hyperparameters without looking at the test split; empty without one
+    val_global: torch.Tensor | None = None
+    val_idx: list[torch.Tensor] = field(default_factory=list)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,15 +117,53 @@ def _check_batch_size(cfg: Config, agents: list[AgentSpec]) -> None:
         )
 
 
+def choose_threads(requested: int | None) -> tuple[int, str]:
+    """torch's intra-op threads for this run, and why.
+
+    An OpenMP team of t threads waits at every barrier for its slowest thread; when another
+    process keeps a core busy, a thread of the team is descheduled and every barrier waits
+    for it (measured on 2 cores with two other jobs running: 12.9 s per round with 2 threads
+    against 0.57 s with 1). So by default the run takes only the cores that the 1-minute
+    load average leaves free (at least 1, at most torch's current setting, which a sweep
+    worker has already set to 1)."""
+    if requested:
+        return requested, "engine.threads"
+    import math
+    import os
+
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    free = max(1, cores - math.ceil(load - 0.25))
+    n = max(1, min(torch.get_num_threads(), free))
+    return n, f"auto: load {load:.1f} on {cores} cores"
+
+
+def global_test(cfg: Config, data: MultimodalDataset, agents: list[AgentSpec]) -> np.ndarray:
+    """The global protocol's test samples: every agent's held-out samples, or a fixed,
+    seeded, class-stratified subsample of them (`train.eval_global_samples`)."""
+    full = global_test_indices(agents)
+    n = cfg.train.eval_global_samples
+    return stratified_subsample(full, data.labels, n, derive_seed(cfg.seed, 0xE7A1))
+
+
+def global_validation(cfg: Config, data: MultimodalDataset, agents: list[AgentSpec]) -> np.ndarray:
+    """The global protocol's validation samples: every agent's validation split, capped as
+    the global test set is (`train.eval_global_samples`), with a seed of its own."""
+    full = np.sort(np.concatenate([a.val_idx for a in agents]))
+    n = cfg.train.eval_global_samples
+    return stratified_subsample(full, data.labels, n, derive_seed(cfg.seed, 0x7A1D))
+
+
 def build_setup(cfg: Config) -> Setup:
     """Load and partition the data and pick the method and topology (no models yet)."""
-    if cfg.engine.threads:
-        torch.set_num_threads(cfg.engine.threads)
+    threads, why = choose_threads(cfg.engine.threads)
+    torch.set_num_threads(threads)
     device = resolve_device(cfg.engine.device)  # first: it is cheap, loading data is not
     data = load_dataset(cfg.data)
     agents = partition(data, cfg)
     _check_batch_size(cfg, agents)
-    method = METHODS[cfg.method.name](cfg, data)
+    # through the registry: engines never import the methods (the registry loads them now)
+    method: Method = registry.resolve("method", cfg.method.name, "method.name")(cfg, data)
     topology = Topology(method.topology_config(cfg.topology), len(agents), cfg.seed)
     topology.graph(1)  # an impossible graph (erdos-renyi p too small) stops the run here
     dtype = DTYPES[cfg.engine.dtype]
@@ -123,6 +172,7 @@ def build_setup(cfg: Config) -> Setup:
         for m, v in data.modalities.items()
     }
     y = torch.from_numpy(data.labels.astype(np.int64)).to(device)
+    validating = cfg.partition.val_fraction > 0
     return Setup(
         cfg=cfg,
         data=data,
@@ -132,9 +182,16 @@ def build_setup(cfg: Config) -> Setup:
         device=device,
         x=x,
         y=y,
-        global_test=torch.from_numpy(global_test_indices(agents)).to(device),
+        global_test=torch.from_numpy(global_test(cfg, data, agents)).to(device),
         train_idx=[torch.from_numpy(a.train_idx).to(device) for a in agents],
         test_idx=[torch.from_numpy(a.test_idx).to(device) for a in agents],
+        threads=f"{threads} thread{'s' if threads > 1 else ''} ({why})",
+        val_global=(
+            torch.from_numpy(global_validation(cfg, data, agents)).to(device)
+            if validating
+            else None
+        ),
+        val_idx=[torch.from_numpy(a.val_idx).to(device) for a in agents] if validating else [],
     )
 
 

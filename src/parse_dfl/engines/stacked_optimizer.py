@@ -17,7 +17,8 @@ ADAM_EPS = 1e-8
 class StackedOptimizer:
     """torch.optim.Adam / SGD (momentum, weight decay) on stacked (n_agents, ...) tensors.
 
-    Each update repeats the single-tensor torch.optim code path op by op. Learning rates are
+    Each update repeats the single-tensor torch.optim code path op by op, over all parameters
+    at once with `_foreach_*` kernels in the common case. Learning rates are
     per agent and parameter (per-block scales); a parameter absent from `grads` is skipped
     like a parameter whose .grad is None (no weight decay, no momentum, no Adam step count).
     """
@@ -56,6 +57,11 @@ class StackedOptimizer:
     def step(self, rows: Rows, grads: dict[str, torch.Tensor]) -> None:
         """One update of the agents in `rows` (a slice or an index tensor of cohort rows)."""
         sel = rows if isinstance(rows, slice) else rows.cpu().numpy()
+        if isinstance(rows, slice) and all(
+            self._uniform(self.lr[n][sel]) and self._uniform(self.steps[n][sel]) for n in grads
+        ):
+            self._step_foreach(rows, grads)  # the common case: a handful of kernels
+            return
         for name, grad in grads.items():
             p = self.P[name]
             views = [p[rows], *(t[rows] for t in self._state(name))]
@@ -66,6 +72,52 @@ class StackedOptimizer:
             if not isinstance(rows, slice):  # gathered copies: write them back
                 for full, part in zip([p, *self._state(name)], views, strict=True):
                     full.index_copy_(0, rows, part)
+
+    def _step_foreach(self, rows: slice, grads: dict[str, torch.Tensor]) -> None:
+        """Every parameter of the step at once with torch's `_foreach_*` kernels (one call per
+        operation over all tensors instead of one per tensor), when every row of a tensor has
+        the same learning rate and step count. The operations are torch.optim's single-tensor
+        ones, in the same order, so the numbers are the same."""
+        names = list(grads)
+        ps = [self.P[n][rows] for n in names]
+        gs = [grads[n] for n in names]
+        states = [[t[rows] for t in self._state(n)] for n in names]
+        if self.weight_decay != 0:
+            gs = list(torch._foreach_add(gs, ps, alpha=self.weight_decay))
+        lrs = [float(self.lr[n][rows][0]) for n in names]
+        if self.kind == "adam":
+            beta1, beta2 = ADAM_BETAS
+            for n in names:
+                self.steps[n][rows] += 1
+            steps = [float(self.steps[n][rows][0]) for n in names]
+            ms, vs = [st[0] for st in states], [st[1] for st in states]
+            torch._foreach_lerp_(ms, gs, 1 - beta1)
+            torch._foreach_mul_(vs, beta2)
+            torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
+            step_size = [lr / (1 - beta1**t) for lr, t in zip(lrs, steps, strict=True)]
+            bias_correction2_sqrt = [(1 - beta2**t) ** 0.5 for t in steps]
+            denom = torch._foreach_sqrt(vs)
+            torch._foreach_div_(denom, bias_correction2_sqrt)
+            torch._foreach_add_(denom, ADAM_EPS)
+            torch._foreach_addcdiv_(ps, ms, denom, [-x for x in step_size])
+            return
+        if self.momentum != 0:
+            bufs = [st[0] for st in states]
+            first = [i for i, n in enumerate(names) if self.steps[n][rows][0] == 0]
+            later = [i for i, n in enumerate(names) if self.steps[n][rows][0] != 0]
+            if first:  # torch.optim: buf = grad.clone() on the first step
+                torch._foreach_copy_([bufs[i] for i in first], [gs[i] for i in first])
+            if later:
+                torch._foreach_mul_([bufs[i] for i in later], self.momentum)
+                torch._foreach_add_([bufs[i] for i in later], [gs[i] for i in later])
+            gs = bufs
+        for n in names:
+            self.steps[n][rows] += 1
+        by_lr: dict[float, list[int]] = {}
+        for i, lr in enumerate(lrs):
+            by_lr.setdefault(lr, []).append(i)
+        for lr, idx in by_lr.items():
+            torch._foreach_add_([ps[i] for i in idx], [gs[i] for i in idx], alpha=-lr)
 
     def _sgd(self, name: str, sel: Any, grad: torch.Tensor, p: torch.Tensor, *st: torch.Tensor):
         lr = self.lr[name][sel]

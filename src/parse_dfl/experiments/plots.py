@@ -16,6 +16,11 @@ if TYPE_CHECKING:
     from parse_dfl.experiments.report import Collection, RunRecord, Table
 
 PROTOCOL_KEYS = (("global", "mean_accuracy"), ("local", "mean_local_accuracy"))
+MIN_TSNE_SAMPLES = 100
+"""Fewest samples a t-SNE figure is drawn from without a warning. t-SNE (perplexity 30) keeps
+3 x 30 + 1 = 91 neighbours per point; with fewer samples than about that, each sample's
+neighbourhood within its own slice spans nearly all the others, and the clusters on the figure
+say as much about the perplexity as about the data."""
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -230,14 +235,23 @@ def tsne_figures(run_dir: Path, fig_dir: Path, max_points: int = 1500) -> dict[s
                     other.append(_cos(a, b[shift]).mean())
             if same:
                 cosines[slice_names[s]] = (float(np.mean(same)), float(np.mean(other)))
+    warns = []
+    if len(y) < MIN_TSNE_SAMPLES:
+        warns.append(
+            f"only {len(y)} samples (fewer than {MIN_TSNE_SAMPLES}): t-SNE's neighbourhoods "
+            "(perplexity 30, 91 neighbours) then span nearly every sample, so read no cluster "
+            "structure into the figure"
+        )
     return {
         "agent": i,
         "type": agent["type"],
         "global_accuracy": agent.get("test_accuracy", math.nan),
         "samples": len(y),
+        "global_test_size": int(len(setup.global_test)),
         "points": len(X),
         "note": note,
         "cosines": cosines,
+        "warnings": warns,
     }
 
 
@@ -255,7 +269,10 @@ def pid_probe_figure(pid: dict[str, Any], probe: dict[str, Any], path: Path, tit
         ax1.axhline(pid["null_S"], color="grey", ls=":", lw=1, label="S, shuffled labels")
         ax1.legend(fontsize=7, loc="upper right")
     ax1.set_ylabel("bits")
-    ax1.set_title(f"dataset PID ({pid['clusters']} cells per modality)", fontsize=9)
+    ax1.set_title(
+        f"dataset PID ({pid['n_samples']} samples, {pid['clusters']} cells per modality)",
+        fontsize=9,
+    )
     ax1.tick_params(axis="x", labelsize=8)
 
     acc = probe["probe"]["accuracy"]
@@ -276,8 +293,47 @@ def pid_probe_figure(pid: dict[str, Any], probe: dict[str, Any], path: Path, tit
     ax2.axhline(100 * probe["chance"], color="grey", ls=":", lw=1, label="commonest class")
     ax2.set_ylim(0, 100)
     ax2.set_ylabel("linear-probe accuracy (%)")
-    ax2.set_title(f"slices of agent {probe['agent']} ({probe['type']})", fontsize=9)
+    ax2.set_title(
+        f"slices of agent {probe['agent']} ({probe['type']}), probes scored on "
+        f"{probe['probe']['n_test']} held-out samples",
+        fontsize=9,
+    )
     ax2.tick_params(axis="x", labelsize=8, rotation=30)
     ax2.legend(fontsize=7, loc="lower right")
     fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def bytes_figure(
+    by_method: dict[str, list[RunRecord]], path: Path, budget: float | None, title: str = ""
+) -> Path | None:
+    """Mean accuracy against the bytes each agent has sent so far (mean over seeds at each
+    evaluation), both protocols; the dotted line is the equal-bytes budget of the report's
+    table. A method that sends nothing (local) is a level line at its final accuracy."""
+    from parse_dfl.experiments.report import bytes_curve
+
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2, sharey=True)
+    drawn = False
+    for ax, (protocol, key) in zip(axes, PROTOCOL_KEYS, strict=True):
+        for m, runs in by_method.items():
+            kb, acc = bytes_curve(runs, key)
+            if not kb:
+                continue
+            drawn = True
+            if max(kb) == 0:  # a vertical streak at 0 would hide the others: its final level
+                ax.axhline(acc[-1], ls="-.", lw=1, color="grey", label=f"{m} (sends nothing)")
+                continue
+            ax.plot(kb, acc, marker="o", markersize=3, label=m, **_style(m))
+        if budget is not None:
+            ax.axvline(budget / 1e3, color="grey", ls=":", lw=1)
+        ax.set_title(f"{protocol} protocol")
+        ax.set_xlabel("KB sent per agent so far")
+        ax.grid(alpha=0.3)
+    if not drawn:
+        return None
+    axes[0].set_ylabel("mean accuracy over agents (%)")
+    axes[1].legend(fontsize=8, loc="lower right")
+    name = "Accuracy for the bytes spent"
+    fig.suptitle(f"{name} ({title})" if title else name)
     return _save(fig, path)

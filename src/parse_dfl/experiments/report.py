@@ -24,12 +24,17 @@ from typing import Any
 import numpy as np
 
 from parse_dfl.errors import UserError
+from parse_dfl.experiments.convergence import REACH, convergence, rule_text
+from parse_dfl.experiments.stats import PairedDifference, paired_by_seed
 from parse_dfl.experiments.sweep import slug
 from parse_dfl.files import atomic_write_text
 
 REFERENCE_METHODS = {"centralized"}  # upper references: not decentralized, never "best"
 MAX_PID_CELLS = 70_000  # dataset PID tables larger than this take minutes: left to `parse-dfl pid`
+MAX_PID_PAIRS = 10  # modality pairs decomposed per data config (5 modalities: all 10 pairs)
+PID_SHUFFLES = 2  # label shuffles behind each pair's null (a report may hold many pairs)
 WILDCARD = "*"  # group value of a reference run that is shown in every group
+EXPORT_SUFFIX = ".jsonl.gz"  # a compact export of a sweep's results (experiments/export.py)
 # Not settings of an experiment: engines compute the same rounds (see sweep._what)
 IGNORED_KEYS = {
     "method.name",
@@ -77,6 +82,7 @@ class Collection:
     values: dict[str, list[str]] = field(default_factory=dict)  # group key -> ordered values
     sweeps: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    export: Path | None = None  # the compact export file the runs were read from, if any
 
 
 # ---- reading -------------------------------------------------------------------------------
@@ -131,8 +137,14 @@ def _value_order(values: list[str]) -> list[str]:
 
 
 def collect(root: str | Path) -> Collection:
-    """Every results.json under `root`, grouped (see the module docstring)."""
+    """Every results.json under `root`, grouped (see the module docstring); `root` may also
+    be a compact export file (experiments/export.py), which holds the same results."""
     root = Path(root)
+    if root.is_file() and root.name.endswith(EXPORT_SUFFIX):
+        from parse_dfl.experiments.export import read_export
+
+        sweeps_read, runs_read, skipped_read = read_export(root)
+        return group_runs(root.parent, runs_read, sweeps_read, skipped_read, export=root)
     if not root.is_dir():
         raise UserError(str(root), "not a folder")
     sweeps = []
@@ -161,7 +173,17 @@ def collect(root: str | Path) -> Collection:
     if not runs:
         raise UserError(str(root), "no finished runs (no readable results.json) in this folder")
     runs.sort(key=lambda r: (order.get((root / r.dir).resolve(), math.inf), str(r.dir)))
+    return group_runs(root, runs, sweeps, skipped)
 
+
+def group_runs(
+    root: Path,
+    runs: list[RunRecord],
+    sweeps: list[dict[str, Any]],
+    skipped: list[str],
+    export: Path | None = None,
+) -> Collection:
+    """Group runs that are read already (from folders or from an export), in their order."""
     keys = list(dict.fromkeys(k for r in runs for k in r.flat))
     varying = [k for k in keys if len({r.flat.get(k, "null") for r in runs}) > 1]
     # Groups come from the decentralized runs; a reference run (centralized) whose value of a
@@ -192,7 +214,7 @@ def collect(root: str | Path) -> Collection:
             r.flat.get(k, "null") if r.flat.get(k, "null") in values[k] else WILDCARD
             for k in group_keys
         )
-    return Collection(root, runs, group_keys, method_bound, fixed, values, sweeps, skipped)
+    return Collection(root, runs, group_keys, method_bound, fixed, values, sweeps, skipped, export)
 
 
 def _matches(group: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
@@ -435,9 +457,13 @@ def write_report(
     start = time.perf_counter()
     col = collect(root)
     root = col.root
-    out_path = Path(out) if out is not None else root / "report.md"
+    default_out, default_figures = root / "report.md", root / "figures"
+    if col.export is not None:  # docs/results/NAME.jsonl.gz -> NAME.md and NAME/ beside it
+        stem = col.export.name[: -len(EXPORT_SUFFIX)]
+        default_out, default_figures = root / f"{stem}.md", root / stem
+    out_path = Path(out) if out is not None else default_out
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig_dir = Path(figures) if figures is not None else root / "figures"
+    fig_dir = Path(figures) if figures is not None else default_figures
     fig_dir.mkdir(parents=True, exist_ok=True)
     here = out_path.parent
     groups = groups_of(col)
@@ -451,8 +477,9 @@ def write_report(
     title = col.sweeps[0]["name"] if len(col.sweeps) == 1 else root.name
     md += [f"# Report: {title}", ""]
     md += [
-        f"Written by `parse-dfl report {root}` on {time.strftime('%Y-%m-%d %H:%M')} from "
-        f"{len(col.runs)} finished runs under `{root}`.",
+        f"Written by `parse-dfl report {col.export or root}` on "
+        f"{time.strftime('%Y-%m-%d %H:%M')} from {len(col.runs)} finished runs "
+        f"{'in' if col.export else 'under'} `{col.export or root}`.",
         "",
     ]
     md += _setting_section(col, methods, seeds)
@@ -504,6 +531,9 @@ def write_report(
     md += gaps_summary + [""]
     if len(groups) > 1:
         md += _overview(col, groups)
+    md += _paired_section(col, groups)
+    md += _bytes_section(col, groups, fig_dir, here)
+    md += _convergence_section(col, groups)
 
     # accuracy vs each varying key
     if col.group_keys:
@@ -533,8 +563,8 @@ def _setting_section(col: Collection, methods: list[str], seeds: list[int]) -> l
             md += [
                 f"- sweep `{s.get('name')}` (`{s['_path']}`), sweep file `{s.get('sweep_file')}`, "
                 f"base config `{s.get('base')}`",
-                f"  - command: `{s.get('command')}`",
             ]
+            md += _invocation_lines(s)
             if s.get("set"):
                 md += [f"  - set on every run: {', '.join(f'`{x}`' for x in s['set'])}"]
             if s.get("grid"):
@@ -582,11 +612,39 @@ def _setting_section(col: Collection, methods: list[str], seeds: list[int]) -> l
             md += [f"- {who} (reference) runs with their own `{k}` ({vals}) are in every table"]
     if col.skipped:
         md += [f"- unreadable results skipped: {', '.join(col.skipped)}"]
+    shown, hidden = _applicable(col)
     md += ["", "<details><summary>settings common to all runs</summary>", ""]
     md += ["| key | value |", "|---|---|"]
-    md += [f"| `{k}` | `{show_value(v)}` |" for k, v in col.fixed.items()]
+    md += [f"| `{k}` | `{show_value(v)}` |" for k, v in col.fixed.items() if k not in hidden]
+    if hidden:
+        md += ["", f"Not shown: data keys that {shown} does not read ({', '.join(hidden)})."]
     md += ["", "</details>", ""]
     return md
+
+
+def _invocation_lines(sweep: dict[str, Any]) -> list[str]:
+    """Every command that ran this sweep, oldest first (sweep.json `invocations`; an older
+    sweep.json has only the last `command`)."""
+    calls = sweep.get("invocations") or [{"command": sweep.get("command")}]
+    if len(calls) == 1:
+        return [f"  - command: `{calls[0].get('command')}`"]
+    md = [f"  - {len(calls)} invocations:"]
+    for c in calls:
+        when = f"{c['started']}: " if c.get("started") else ""
+        size = f" ({c['to_run']} of {c['runs']} runs to run)" if "to_run" in c else ""
+        md.append(f"    - {when}`{c.get('command')}`{size}")
+    return md
+
+
+def _applicable(col: Collection) -> tuple[str, list[str]]:
+    """(the data sources, as words; the common data keys none of them reads): a report on npz
+    data need not list data.window (DataConfig.keys_for)."""
+    from parse_dfl.config import DataConfig
+
+    sources = sorted({json.loads(r.flat.get("data.name", '"?"')) for r in col.runs})
+    keep = {k for src in sources for k in DataConfig.keys_for(str(src))}
+    hidden = [k for k in col.fixed if k.startswith("data.") and k.split(".", 1)[1] not in keep]
+    return " / ".join(f"`{x}`" for x in sources), hidden
 
 
 def _overview(col: Collection, groups: list) -> list[str]:
@@ -677,17 +735,26 @@ def _robustness_section(col: Collection, groups: list) -> list[str]:
     return md + [""]
 
 
+def _pid_cell(d: dict[str, Any], term: str) -> str:
+    """A PID term in bits, in italics when it is not clearly above its shuffled-label value."""
+    text = f"{d[term]:.2f}"
+    return f"*{text}*" if term in d.get("near_null", []) else text
+
+
 def _pid_section(col: Collection, groups: list, fig_dir: Path, here: Path) -> list[str]:
-    """Per setting: the dataset's PID next to what each slice of a trained PARSE agent
-    carries (first multimodal agent of the lowest-seed PARSE run)."""
+    """Per setting: the dataset's PID of every modality pair (at most MAX_PID_PAIRS) next to
+    what each slice of a trained PARSE agent carries (first multimodal agent of the
+    lowest-seed PARSE run), with the sample counts and the warnings of both."""
+    from itertools import combinations
+
     from parse_dfl.config import build_config
     from parse_dfl.diagnostics import dataset_pid, probe_run
     from parse_dfl.diagnostics.pid import default_clusters
     from parse_dfl.experiments import plots
 
-    md: list[str] = []
     skipped: list[str] = []
-    cache: dict[str, dict[str, Any]] = {}
+    notes: list[str] = []
+    cache: dict[str, dict[str, dict[str, Any]]] = {}
     rows = []
     for group, runs in groups:
         parse_runs = sorted((r for r in runs if r.method == "parse"), key=lambda r: r.seed)
@@ -695,7 +762,8 @@ def _pid_section(col: Collection, groups: list, fig_dir: Path, here: Path) -> li
             continue
         r = parse_runs[0]
         cfg = build_config(r.res["config"])
-        if len(cfg.data.modalities or r.res.get("modalities", [])) < 2:
+        mods = list(r.res.get("modalities") or cfg.data.modalities or [])
+        if len(mods) < 2:
             continue
         key = cfg.data.model_dump_json()
         if key not in cache:
@@ -707,8 +775,19 @@ def _pid_section(col: Collection, groups: list, fig_dir: Path, here: Path) -> li
                     f"classes is too large a table for the report (`parse-dfl pid` computes it)"
                 )
                 continue
-            cache[key] = dataset_pid(cfg, shuffles=2)
-        data_pid = cache[key]
+            pairs = list(combinations(mods, 2))
+            if len(pairs) > MAX_PID_PAIRS:
+                notes.append(
+                    f"{group_label(col, group)}: {len(mods)} modalities make {len(pairs)} pairs; "
+                    f"the first {MAX_PID_PAIRS} are shown (`parse-dfl pid --modalities a,b` "
+                    "for the others)"
+                )
+            cache[key] = {
+                f"{a},{b}": dataset_pid(cfg, shuffles=PID_SHUFFLES, modalities=[a, b])
+                for a, b in pairs[:MAX_PID_PAIRS]
+            }
+        pids = cache[key]
+        data_pid = dict(next(iter(pids.values())))
         data_pid["null_S"] = data_pid.get("null", {}).get("S")
         try:
             probe = probe_run(col.root / r.dir)
@@ -718,28 +797,54 @@ def _pid_section(col: Collection, groups: list, fig_dir: Path, here: Path) -> li
         path = plots.pid_probe_figure(
             data_pid, probe, fig_dir / f"pid_probe_{group_slug(col, group)}.png", label
         )
-        rows.append((label, r, data_pid, probe, path))
+        rows.append((label, r, pids, probe, path))
     if not rows:
         return []
-    md += ["## What the data offers and what PARSE's slices hold", ""]
+    md = ["## What the data offers and what PARSE's slices hold", ""]
     md += [
-        "Left of each figure: the dataset's partial information decomposition about the label "
-        "(bits; `parse-dfl pid`, docs/pid.md): R what both modalities know, U1 / U2 what only "
-        "one knows, S what needs both. Right: linear-probe accuracy of each slice of one "
-        "trained PARSE agent on the global test set (`parse-dfl probe`): u unique, r redundant, "
-        "s synergistic, per modality, and the fused r and s. If the slices held what their names "
-        "say, r would carry the label where R is large, u where U is, s where S is.",
+        "First table: the dataset's partial information decomposition about the label for every "
+        "pair of modalities (bits; `parse-dfl pid`, docs/pid.md): R what both modalities know, "
+        "U1 / U2 what only the first / second knows, S what needs both, I their sum; null: the "
+        f"same estimate with the labels shuffled (mean of {PID_SHUFFLES}); *italic*: a term "
+        "below twice its null, i.e. no measurable information. Second table and figures: "
+        "linear-probe accuracy of each slice of one trained PARSE agent on the global test set "
+        "(`parse-dfl probe`): u unique, r redundant, s synergistic, per modality, and the fused "
+        "r and s. If the slices held what their names say, r would carry the label where R is "
+        "large, u where U is, s where S is. The figures show the first pair.",
         "",
     ]
-    acc_keys = sorted({k for *_, p, _ in rows for k in p["probe"]["accuracy"]})
-    head = ["setting", "run", "R", "U1", "U2", "S", *acc_keys]
+    head = ["setting", "pair", "samples", "R", "U1", "U2", "S", "I", "null S / I"]
     md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, r, d, p, _ in rows:
+    warns: list[str] = []
+    seen: set[int] = set()
+    for label, _, pids, _, _ in rows:
+        for pair, d in pids.items():
+            null = d.get("null") or {}
+            nulls = f"{null['S']:.2f} / {null['I']:.2f}" if null else "–"
+            cells = [_pid_cell(d, t) for t in ("R", "U1", "U2", "S", "I")]
+            md.append(
+                f"| {label} | {pair.replace(',', ', ')} | {d['n_samples']} | "
+                + " | ".join(cells)
+                + f" | {nulls} |"
+            )
+            if id(d) not in seen:  # a data config shared by several settings: warned once
+                seen.add(id(d))
+                where = f"dataset PID ({label}; {pair.replace(',', ', ')})"
+                warns += [f"{where}: {w}" for w in d.get("warnings", [])]
+    md += [""]
+    acc_keys = sorted({k for *_, p, _ in rows for k in p["probe"]["accuracy"]})
+    head = ["setting", "run", "probe train / test samples", *acc_keys]
+    md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, r, _, p, _ in rows:
         acc = p["probe"]["accuracy"]
-        cells = [f"{d[k]:.2f}" for k in ("R", "U1", "U2", "S")]
+        cells = [f"{p['probe']['n_train']} / {p['probe']['n_test']}"]
         cells += [f"{100 * acc[k]:.1f}" if k in acc else "–" for k in acc_keys]
         md.append(f"| {label} | `{r.label}` agent {p['agent']} | " + " | ".join(cells) + " |")
+        warns += [f"slices of `{r.label}` ({label}): {w}" for w in p.get("warnings", [])]
     md += [""]
+    md += [f"- **warning**, {w}" for w in warns]
+    md += [f"- {note}" for note in notes]
+    md += [""] if warns or notes else []
     for label, *_, path in rows:
         md += [f"![PID and slice probes, {label}]({_link(path, here)})", ""]
     md += [f"- not shown: {note}" for note in skipped]
@@ -802,10 +907,14 @@ def _tsne_section(
         return md + [f"Skipped: could not embed run `{r.dir}` ({type(e).__name__}: {e}).", ""]
     md += [
         f"Run `{r.label}`, agent {info['agent']} ({info['type']}; global accuracy "
-        f"{100 * info['global_accuracy']:.1f} %), {info['samples']} samples of the global test "
-        f"set, {info['points']} points: each sample gives one point per modality and slice "
-        f"(unique u, redundant r, synergistic s){info['note']}.",
+        f"{100 * info['global_accuracy']:.1f} %), {info['samples']} of the "
+        f"{info.get('global_test_size', info['samples'])} samples of the global test set "
+        f"(at most `max_points` / (3 x modalities)), {info['points']} points: each sample "
+        f"gives one point per modality and slice (unique u, redundant r, synergistic s)"
+        f"{info['note']}.",
         "",
+        *[f"- **warning**: {w}" for w in info.get("warnings", [])],
+        *([""] if info.get("warnings") else []),
         img_line(fig_dir / "tsne_class.png", here, "t-SNE coloured by class"),
         "",
         img_line(fig_dir / "tsne_slices.png", here, "t-SNE coloured by modality and slice"),
@@ -832,7 +941,7 @@ def _runs_section(col: Collection, here: Path) -> list[str]:
     md = ["## Runs", ""]
     md += ["| run folder | method | seed | global | local | seconds |", "|---|---|---|---|---|---|"]
     for r in col.runs:
-        link = _link(col.root / r.dir / "results.json", here)
+        link = _link(col.export or col.root / r.dir / "results.json", here)
         md.append(
             f"| [{r.label}]({link}) | {r.method} | {r.seed} | "
             f"{100 * r.res['mean_accuracy']:.1f} | "
@@ -856,3 +965,280 @@ def _time_section(col: Collection, methods: list[str]) -> list[str]:
         "",
     ]
     return md
+
+
+# ---- evidence: paired differences, accuracy for the bytes spent, convergence ----------------
+
+OURS = ("parse", "parse-plus")  # this repository's methods; other decentralized ones: baselines
+
+
+def is_baseline(method: str) -> bool:
+    """A decentralized method we compare against (local, dsgd-*, harmony, plugins)."""
+    return method not in OURS and method not in REFERENCE_METHODS
+
+
+def per_seed(runs: list[RunRecord], method: str, protocol: str, column: str) -> dict[int, float]:
+    """seed -> accuracy (%) of `method` in one column (an agent type, or 'mean' over agents)."""
+    _, type_key, mean_key = next(p for p in PROTOCOLS if p[0] == protocol)
+    found: dict[int, list[float]] = defaultdict(list)
+    for r in runs:
+        if r.method != method:
+            continue
+        v = r.res.get(mean_key) if column == "mean" else r.res.get(type_key, {}).get(column)
+        if v is not None and math.isfinite(float(v)):
+            found[r.seed].append(100 * float(v))
+    return {s: float(np.mean(v)) for s, v in found.items()}
+
+
+@dataclass
+class PairedCell:
+    """Ours minus the best baseline in one column under one protocol, paired over seeds."""
+
+    method: str
+    protocol: str
+    column: str
+    baseline: str | None
+    diff: PairedDifference
+
+
+def paired_cells(runs: list[RunRecord]) -> list[PairedCell]:
+    """For each of our methods, protocol and column: the baseline with the highest mean over
+    the seeds both ran, and the paired difference against it."""
+    methods = method_order({r.method for r in runs})
+    cells: list[PairedCell] = []
+    for ours in (m for m in methods if m in OURS):
+        for protocol, _, _ in PROTOCOLS:
+            for column in [*agent_types(runs), "mean"]:
+                mine = per_seed(runs, ours, protocol, column)
+                best: tuple[float, str, dict[int, float]] | None = None
+                for b in (m for m in methods if is_baseline(m)):
+                    theirs = per_seed(runs, b, protocol, column)
+                    common = sorted(set(mine) & set(theirs))
+                    if common:
+                        mean = float(np.mean([theirs[s] for s in common]))
+                        if best is None or mean > best[0]:
+                            best = (mean, b, theirs)
+                diff = (
+                    paired_by_seed(mine, best[2])
+                    if best
+                    else PairedDifference(math.nan, math.nan, math.nan, 0, math.nan)
+                )
+                cells.append(PairedCell(ours, protocol, column, best[1] if best else None, diff))
+    return cells
+
+
+def paired_text(cell: PairedCell) -> str:
+    """'+1.2 [+0.3, +2.1] **win** vs dsgd-hybrid', or why there is no interval."""
+    d = cell.diff
+    if cell.baseline is None:
+        return "no baseline"
+    if d.n < 2:
+        return f"{_signed(d.mean)} (1 seed: no interval) vs {cell.baseline}"
+    word = {"win": "**win**", "loss": "**loss**"}.get(d.verdict, d.verdict)
+    return f"{_signed(d.mean)} [{_signed(d.low)}, {_signed(d.high)}] {word} vs {cell.baseline}"
+
+
+def _paired_section(col: Collection, groups: list) -> list[str]:
+    """Ours minus the best baseline per setting, paired over seeds, with 95 % t intervals."""
+    tables: list[tuple[str, list[PairedCell]]] = []
+    for group, runs in groups:
+        cells = paired_cells(runs)
+        if any(c.diff.n >= 2 for c in cells):
+            tables.append((group_label(col, group), cells))
+    md = ["## Ours minus the best baseline, paired over seeds", ""]
+    if not tables:
+        return md + [
+            "No setting has two or more seeds of one of our methods (parse, parse-plus) and of "
+            "a baseline: no paired interval to show.",
+            "",
+        ]
+    md += [
+        "In each column, the best baseline is the decentralized baseline (every method but "
+        "ours and the `*` reference) with the highest mean over the seeds it shares with ours. "
+        "A cell is the mean over those seeds of (ours − that baseline) on the same seed (same "
+        "data split, graph and initial values), in points, with its 95 % t interval "
+        "([low, high], t with n − 1 degrees of freedom). **win** / **loss**: the interval "
+        "excludes 0; *inside the noise*: it holds 0. The best baseline is picked on the same "
+        "numbers, which favours it: a win is if anything understated, a loss overstated.",
+        "",
+    ]
+    tally: dict[str, int] = defaultdict(int)
+    for label, cells in tables:
+        columns = list(dict.fromkeys(c.column for c in cells))
+        md += [f"**{label}**", "", "| method | protocol | seeds | " + " | ".join(columns) + " |"]
+        md += ["|" + "---|" * (len(columns) + 3)]
+        for (m, protocol), row in _rows_of(cells).items():
+            seeds = max(c.diff.n for c in row)
+            md.append(
+                f"| {m} | {protocol} | {seeds} | " + " | ".join(paired_text(c) for c in row) + " |"
+            )
+            mean_cell = row[-1]
+            if mean_cell.diff.n >= 2:
+                tally[mean_cell.diff.verdict] += 1
+        md += [""]
+    total = sum(tally.values())
+    md += [
+        f"Mean over all agents, over the {total} (method, protocol, setting) rows with an "
+        f"interval: {tally['win']} win(s), {tally['loss']} loss(es), "
+        f"{tally['inside the noise']} inside the noise.",
+        "",
+    ]
+    return md
+
+
+def _rows_of(cells: list[PairedCell]) -> dict[tuple[str, str], list[PairedCell]]:
+    rows: dict[tuple[str, str], list[PairedCell]] = {}
+    for c in cells:
+        rows.setdefault((c.method, c.protocol), []).append(c)
+    return rows
+
+
+def _bytes_by_round(r: RunRecord, key: str) -> dict[int, tuple[float, float]]:
+    """round -> (bytes sent per agent so far, accuracy %) at each evaluation of one run."""
+    n = max(1, len(r.res.get("agents", [])))
+    return {
+        int(h["round"]): (h["bytes_sent"] / n, 100 * h[key])
+        for h in r.res.get("history", [])
+        if "bytes_sent" in h and h.get(key) is not None
+    }
+
+
+def _bytes_points(r: RunRecord, key: str) -> list[tuple[float, float]]:
+    """(bytes per agent, accuracy %) of one run in round order."""
+    by_round = _bytes_by_round(r, key)
+    return [by_round[t] for t in sorted(by_round)]
+
+
+def bytes_curve(runs: list[RunRecord], key: str) -> tuple[list[float], list[float]]:
+    """KB per agent and accuracy (%) at each evaluation round all `runs` share, mean over runs."""
+    per_run = [_bytes_by_round(r, key) for r in runs]
+    if not per_run:
+        return [], []
+    rounds = sorted(set.intersection(*(set(p) for p in per_run)))
+    kb = [float(np.mean([p[t][0] for p in per_run])) / 1e3 for t in rounds]
+    acc = [float(np.mean([p[t][1] for p in per_run])) for t in rounds]
+    return kb, acc
+
+
+def accuracy_at_bytes(points: list[tuple[float, float]], budget: float) -> float | None:
+    """Accuracy after spending at most `budget` bytes per agent: linear between the last
+    evaluation within the budget and the next one; a run that never spends that much keeps
+    its final accuracy; None when its first evaluation comes after the budget."""
+    within = [i for i, (b, _) in enumerate(points) if b <= budget]
+    if not within:
+        return None
+    j = within[-1]
+    if j + 1 == len(points):
+        return points[j][1]
+    (b0, a0), (b1, a1) = points[j], points[j + 1]
+    return a0 + (a1 - a0) * (budget - b0) / (b1 - b0)
+
+
+def byte_budget(runs: list[RunRecord]) -> tuple[float | None, str | None]:
+    """The equal-bytes budget: the final bytes per agent (mean over seeds) of the cheapest
+    decentralized method that sends anything, and that method."""
+    finals: dict[str, list[float]] = defaultdict(list)
+    for r in runs:
+        if r.method not in REFERENCE_METHODS and r.res.get("agents"):
+            finals[r.method].append(r.res.get("bytes_sent", 0) / len(r.res["agents"]))
+    spent = {m: float(np.mean(v)) for m, v in finals.items() if np.mean(v) > 0}
+    if not spent:
+        return None, None
+    who = min(spent, key=lambda m: spent[m])
+    return spent[who], who
+
+
+def _bytes_section(col: Collection, groups: list, fig_dir: Path, here: Path) -> list[str]:
+    """Per setting: accuracy against cumulative bytes per agent, and accuracy at equal bytes."""
+    from parse_dfl.experiments import plots
+
+    md = ["## Accuracy for the bytes spent", ""]
+    md += [
+        "Bytes per agent = the bytes all agents have sent so far / the number of agents "
+        "(history `bytes_sent`). The budget is the final bytes per agent of the cheapest "
+        "decentralized method that sends anything (mean over seeds); *at budget* is each "
+        "run's accuracy once it had spent that much, linear between its two evaluations "
+        "around it (a method that never spends it: its final accuracy; `–`: its first "
+        "evaluation already costs more), then mean ± std over seeds, in %.",
+        "",
+    ]
+    for group, runs in groups:
+        label = group_label(col, group)
+        budget, cheapest = byte_budget(runs)
+        methods = method_order({r.method for r in runs})
+        path = plots.bytes_figure(
+            {m: [r for r in runs if r.method == m] for m in methods},
+            fig_dir / f"bytes_{group_slug(col, group)}.png",
+            budget,
+            title=label,
+        )
+        if col.group_keys:
+            md += [f"**{label}**", ""]
+        if budget is None:
+            md += ["No decentralized method sends anything here: no budget.", ""]
+        else:
+            md += [f"Budget: {budget / 1e3:,.1f} KB per agent ({cheapest}).", ""]
+            md += [
+                "| method | KB per agent (final) | global at budget | local at budget "
+                "| global final | local final |",
+                "|---|---|---|---|---|---|",
+            ]
+            for m in methods:
+                mine = [r for r in runs if r.method == m]
+                kb = mean_std(
+                    [r.res.get("bytes_sent", 0) / max(1, len(r.res["agents"])) / 1e3 for r in mine]
+                )
+                cells = [_fmt(kb)]
+                for key in ("mean_accuracy", "mean_local_accuracy"):
+                    got = [accuracy_at_bytes(_bytes_points(r, key), budget) for r in mine]
+                    known = [g for g in got if g is not None]
+                    cells.append(_fmt(mean_std(known)) if len(known) == len(got) else "–")
+                for key in ("mean_accuracy", "mean_local_accuracy"):
+                    cells.append(_fmt(mean_std([100 * r.res.get(key, math.nan) for r in mine])))
+                md.append(f"| {method_label(m)} | " + " | ".join(cells) + " |")
+            md += [""]
+        if path is not None:
+            md += [img_line(path, here, f"accuracy for the bytes spent, {label}"), ""]
+    return md
+
+
+def _convergence_cells(runs: list[RunRecord], key: str) -> tuple[str, str, str]:
+    """(how many runs flattened, gain over the window, rounds to REACH of final) of one
+    method under one protocol, over its seeds."""
+    found = [convergence(r.res.get("history", []), key) for r in runs]
+    told = [c for c in found if c.flat is not None]
+    if not told:
+        flat = "too short"
+    else:
+        flat = f"{sum(bool(c.flat) for c in told)} of {len(told)}"
+        if len(told) < len(found):
+            flat += f" ({len(found) - len(told)} too short)"
+    gain = _fmt(mean_std([c.gain for c in told]), 2) if told else "–"
+    reach = mean_std([float(c.rounds_to_reach) for c in found if c.rounds_to_reach is not None])
+    return flat, gain, _fmt(reach, 0)
+
+
+def _convergence_section(col: Collection, groups: list) -> list[str]:
+    """Per setting and method: has the curve flattened (a stated rule), and how fast it rose."""
+    md = ["## Convergence", ""]
+    md += [
+        f"Rule (experiments/convergence.py): {rule_text()}. Gain: that difference in points "
+        f"(mean ± std over the seeds it applies to). Rounds to {int(100 * REACH)} %: the first "
+        f"evaluated round at or above {REACH} × the final accuracy (the mean of the last "
+        f"evaluations), mean ± std over seeds. A comparison is only as final as its curves: "
+        "where a method has not flattened, more rounds may change the order.",
+        "",
+        "| setting | method | flattened, global | flattened, local | gain, global | gain, local "
+        f"| rounds to {int(100 * REACH)} %, global | rounds to {int(100 * REACH)} %, local |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for group, runs in groups:
+        for m in method_order({r.method for r in runs}):
+            mine = [r for r in runs if r.method == m]
+            g = _convergence_cells(mine, "mean_accuracy")
+            lo = _convergence_cells(mine, "mean_local_accuracy")
+            md.append(
+                f"| {group_label(col, group)} | {method_label(m)} | {g[0]} | {lo[0]} | {g[1]} "
+                f"| {lo[1]} | {g[2]} | {lo[2]} |"
+            )
+    return md + [""]

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import pickle
+import sys
 import tempfile
 import time
 import zipfile
@@ -28,12 +29,13 @@ import torch
 import yaml
 from torch import nn
 
+from parse_dfl import registry
 from parse_dfl.config import Config, build_config
-from parse_dfl.engines import ENGINES
 from parse_dfl.engines.base import CHECKPOINT
 from parse_dfl.engines.setup import Setup, build_models, build_setup
 from parse_dfl.errors import UserError
 from parse_dfl.evaluation import by_type
+from parse_dfl.experiments.metrics import MetricsLog, check_tensorboard
 from parse_dfl.files import atomic_write_files, atomic_write_text, torch_bytes
 
 atomic_write = atomic_write_text  # the old name, used by the CLI's --json outputs
@@ -195,11 +197,33 @@ def remove_if_empty(folder: Path) -> None:
         folder.rmdir()
 
 
-def _retire_finished(out: Path) -> None:
+def _retire_finished(out: Path, log: MetricsLog | None = None) -> None:
     """Remove an earlier finished run's results.json (first: the folder stops looking
-    finished) and models.pt, just before this run's own files take their place."""
+    finished) and models.pt, just before this run's own files take their place (its
+    metrics, when this run wrote them beside the old ones, too)."""
     for name in ("results.json", "models.pt"):
         (out / name).unlink(missing_ok=True)
+    if log is not None:
+        log.commit()
+
+
+def add_validation(
+    results: dict[str, Any], glob: list[float], loc: list[float], setup: Setup
+) -> None:
+    """The validation accuracies (partition.val_fraction > 0), per agent and as means, under
+    both protocols: what `parse-dfl tune` chooses hyperparameters by. A run without a
+    validation split gets none of these keys, so its results.json is as before."""
+    for entry, g, lo, a in zip(results["agents"], glob, loc, setup.agents, strict=True):
+        entry.update(val_accuracy=g, val_local_accuracy=lo, n_val=int(len(a.val_idx)))
+    mods = list(setup.data.modalities)
+    assert setup.val_global is not None
+    results.update(
+        mean_val_accuracy=float(np.mean(glob)),
+        mean_val_local_accuracy=float(np.mean(loc)),
+        by_type_val=by_type(setup.agents, glob, mods),
+        by_type_val_local=by_type(setup.agents, loc, mods),
+        val_global_size=int(len(setup.val_global)),
+    )
 
 
 def run(
@@ -210,8 +234,17 @@ def run(
     With `checkpoint.every` and a run folder, a checkpoint is written every that many rounds;
     `resume=True` continues from the folder's last checkpoint."""
     start = time.perf_counter()
+    if out is not None and cfg.logging.tensorboard:
+        check_tensorboard()
     setup = build_setup(cfg)
-    engine = ENGINES[cfg.engine.name](setup)
+    engine = registry.resolve("engine", cfg.engine.name, "engine.name")(setup)
+    if progress and engine.writes_output:
+        print(
+            f"{cfg.method.name}: {len(setup.agents)} agents, {cfg.train.rounds} rounds, "
+            f"{cfg.engine.name} engine on {setup.device}, {setup.threads}",
+            file=sys.stderr,
+            flush=True,
+        )
     if out is not None and not resume and engine.writes_output and Path(out).is_dir():
         # an earlier run's checkpoint must never be resumed into this one
         (Path(out) / CHECKPOINT).unlink(missing_ok=True)
@@ -222,7 +255,17 @@ def run(
             [(folder / "config.yaml", dump.encode())],
             before_commit=lambda: _retire_finished(folder),
         )
-    res = engine.run(progress=progress, checkpoint_dir=out, resume=resume)
+    log = MetricsLog(Path(out), cfg.logging.tensorboard) if out and engine.writes_output else None
+    engine.on_eval = log  # metrics.csv (and TensorBoard) as the run goes
+    try:
+        res = engine.run(progress=progress, checkpoint_dir=out, resume=resume)
+    except UserError:
+        if log is not None:
+            log.discard()  # stopped with one line: the folder as it was
+        raise
+    finally:
+        if log is not None:
+            log.close()
     live_end = engine.faults.live(cfg.train.rounds)
     mods = list(setup.data.modalities)
     agents = setup.agents
@@ -266,6 +309,7 @@ def run(
         },
         "mean_accuracy_honest": float(np.mean(np.asarray(res.test_accuracy)[~engine.attackers])),
         "global_test_size": int(len(setup.global_test)),
+        "global_test_full_size": int(sum(len(t) for t in setup.test_idx)),
         "history": res.history,
         "bytes_sent": int(res.bytes_sent.sum()),
         "bytes_sent_per_round_per_agent": float(
@@ -279,18 +323,28 @@ def run(
         **res.extra,
         "config": cfg.model_dump(mode="json"),
     }
+    if res.val_accuracy is not None and res.val_local_accuracy is not None:
+        add_validation(results, res.val_accuracy, res.val_local_accuracy, setup)
     if out is not None:
         out = Path(out)
         models = engine.agent_models()  # collective on a distributed engine
         if not engine.writes_output:
             return results
-        atomic_write_files(
-            [
-                (out / "models.pt", torch_bytes(models_state(models))),
-                (out / "config.yaml", yaml.safe_dump(results["config"], sort_keys=False).encode()),
-                (out / "results.json", json.dumps(results, indent=2).encode()),
-            ],
-            before_commit=lambda: _retire_finished(out),
-        )
+        try:
+            atomic_write_files(
+                [
+                    (out / "models.pt", torch_bytes(models_state(models))),
+                    (
+                        out / "config.yaml",
+                        yaml.safe_dump(results["config"], sort_keys=False).encode(),
+                    ),
+                    (out / "results.json", json.dumps(results, indent=2).encode()),
+                ],
+                before_commit=lambda: _retire_finished(out, log),
+            )
+        except UserError:
+            if log is not None:
+                log.discard()
+            raise
         (out / CHECKPOINT).unlink(missing_ok=True)
     return results

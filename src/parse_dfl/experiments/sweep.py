@@ -40,14 +40,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
-from parse_dfl.config import Config, build_config, parse_override, read_yaml
+from parse_dfl.config import Config, build_config, parse_override, read_yaml, resolve_paths
 from parse_dfl.errors import UserError
 from parse_dfl.files import atomic_write_text
 from parse_dfl.yamlsafe import load_file
 
-SWEEP_KEYS = ("name", "base", "out", "set", "grid", "runs")
+SWEEP_KEYS = ("name", "base", "out", "set", "grid", "runs", "tune", "tuned")
 
 
 @dataclass
@@ -92,6 +92,8 @@ class Sweep:
     grid: dict[str, list[Any]]
     variants: list[list[tuple[str, Any]]]
     runs: list[RunSpec] = field(default_factory=list)
+    tune: TuneSpec | None = None  # a tune file (`parse-dfl tune`): what to choose, and where
+    tuned: Path | None = None  # a tuned file whose chosen settings every run starts from
 
 
 # ---- naming --------------------------------------------------------------------------------
@@ -199,13 +201,27 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
         variants = [_overrides(v, f"{where}: runs[{i}]") for i, v in enumerate(runs_raw)]
     else:
         raise UserError(f"{where}: runs", "must be a non-empty list of variants")
+    tune = None
+    if spec.get("tune") is not None:
+        tune = _tune_spec(spec["tune"], f"{where}: tune", path)
+        if runs_raw is not None:
+            raise UserError(f"{where}: runs", "a tune file makes its runs from `tune`: remove it")
+        if set(grid) - {"seed"}:
+            key = next(k for k in grid if k != "seed")
+            raise UserError(f"{where}: grid.{key}", "a tune file's grid holds seeds only")
+        variants = tune.variants()
     for i, variant in enumerate(variants):
         for key, _ in variant:
             if key in grid:
                 raise UserError(f"{where}: runs[{i}]", f"'{key}' is also a grid key: set it once")
+    tuned_path = (path.parent / str(spec["tuned"])).resolve() if spec.get("tuned") else None
+    tuned = read_tuned(tuned_path, f"{where}: tuned") if tuned_path else {}
 
-    sweep = Sweep(name, path, base_path, out_dir, common, grid, variants)
-    base_raw = read_yaml(base_path) if base_path is not None else {}
+    sweep = Sweep(name, path, base_path, out_dir, common, grid, variants, tune=tune)
+    sweep.tuned = tuned_path
+    # File paths in the base config are relative to the base file, those the sweep sets to
+    # the sweep file: each is read against the file that names it (config.resolve_paths).
+    base_raw = resolve_paths(read_yaml(base_path), base_path.parent) if base_path else {}
     points = list(itertools.product(*grid.values())) if grid else [()]
     for variant in variants:
         for point in points:
@@ -215,9 +231,20 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
             try:
                 for key, value in common + chosen:
                     _set_key(raw, key, value)
-                cfg = build_config(raw)
+                extra = tuned.get(_method_name(raw), [])
+                if extra:  # the method's tuned settings first: the sweep's own keys win
+                    raw = json.loads(json.dumps(base_raw))
+                    for key, value in extra + common + chosen:
+                        _set_key(raw, key, value)
+                cfg = build_config(resolve_paths(raw, path.parent))
             except UserError as e:
                 raise UserError(f"{where}: run '{run}'", str(e)) from None
+            if tune is not None and cfg.partition.val_fraction <= 0:
+                raise UserError(
+                    f"{where}: run '{run}'",
+                    "a tune file chooses on validation data, never on test: set "
+                    "partition.val_fraction (e.g. 0.2)",
+                )
             sweep.runs.append(RunSpec(run, chosen, cfg))
     _dedupe_names(sweep.runs)
     return sweep
@@ -236,10 +263,10 @@ def _dedupe_names(runs: list[RunSpec]) -> None:
 def check_runs(sweep: Sweep) -> list[str]:
     """Beyond the config schema: data available, agent mix fits the data, topology builds,
     method accepts the config. Loads each distinct data config once. Returns warnings."""
+    from parse_dfl import registry
     from parse_dfl.data import load_dataset
     from parse_dfl.data.partition import partition
     from parse_dfl.graph import Topology
-    from parse_dfl.methods import METHODS
 
     cache: dict[str, Any] = {}
     notes: list[str] = []
@@ -253,7 +280,7 @@ def check_runs(sweep: Sweep) -> list[str]:
             agents = partition(data, cfg)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                METHODS[cfg.method.name](cfg, data)
+                registry.resolve("method", cfg.method.name, "method.name")(cfg, data)
             for w in caught:
                 text = f"{cfg.method.name}: {w.message}"
                 if text not in notes:
@@ -303,8 +330,9 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
 def _what(cfg: dict[str, Any]) -> dict[str, Any]:
     """The part of a config that defines a result: everything but `engine` (engines compute
     the same rounds; switching engine or thread count must not invalidate finished runs),
-    except its number type, which changes the arithmetic."""
-    out = {k: v for k, v in cfg.items() if k != "engine"}
+    except its number type, which changes the arithmetic, and `logging` (what is written
+    along the way: TensorBoard or not)."""
+    out = {k: v for k, v in cfg.items() if k not in ("engine", "logging")}
     out["dtype"] = cfg.get("engine", {}).get("dtype", "float32")
     return out
 
@@ -473,15 +501,31 @@ def write_status(sweep: Sweep, command: str | None = None) -> None:
         except json.JSONDecodeError:
             old = {}
     counts = {s: sum(r.status == s for r in sweep.runs) for s in ("done", "failed", "pending")}
+    # Every invocation, oldest first (why: a sweep finished in parts, `--only seed=0` then the
+    # rest, has more than one command behind it, and the report shows them all).
+    invocations = list(old.get("invocations") or [])
+    if not invocations and old.get("command"):
+        invocations = [{"command": old["command"], "started": old.get("updated")}]
+    if command is not None:
+        invocations.append(
+            {
+                "command": command,
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "runs": len(sweep.runs),
+                "to_run": counts["pending"] + counts["failed"],
+            }
+        )
     doc = {
         "name": sweep.name,
         "sweep_file": str(sweep.path),
         "base": str(sweep.base) if sweep.base else None,
         "out": str(sweep.out),
         "command": command or old.get("command"),
+        "invocations": invocations,
         "set": [f"{k}={json.dumps(v)}" for k, v in sweep.set],
         "grid": sweep.grid,
         "runs_variants": [[f"{k}={json.dumps(v)}" for k, v in var] for var in sweep.variants],
+        **({"tuned": str(sweep.tuned)} if sweep.tuned else {}),
         "counts": counts,
         "total_run_seconds": sum(r.seconds or 0.0 for r in sweep.runs if r.status == "done"),
         "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -523,6 +567,7 @@ def run_sweep(
     todo = [r for r in sweep.runs if r.status != "done"]
     if command is None:
         extra = [x for item in only or [] for x in ("--only", item)]
+        extra += [x for src in reuse or [] for x in ("--reuse", str(src))]
         command = "parse-dfl sweep " + shlex.join([str(path), "--out", str(sweep.out), *extra])
     sweep.out.mkdir(parents=True, exist_ok=True)
     write_status(sweep, command)
@@ -592,8 +637,282 @@ def run_sweep(
     }
 
 
+def _agents(cfg: Config) -> int:
+    return int(sum(cfg.agents.mix.values()))
+
+
+def _time_one_round(cfg: Config) -> tuple[float, float]:
+    """(setup seconds, seconds of one round with its evaluation) of `cfg`, measured by running
+    it for one round with nothing written (a distributed run is timed on the batched engine:
+    they compute the same rounds)."""
+    from parse_dfl.experiments import run as run_module
+
+    raw = cfg.model_dump(mode="json")
+    raw["train"].update(rounds=1, eval_every=1)
+    raw["checkpoint"] = {"every": 0}
+    if raw["engine"]["name"] == "distributed":
+        raw["engine"]["name"] = "batched"
+    res = run_module.run(build_config(raw), None, progress=False)
+    train = float(res.get("train_seconds", res["wall_seconds"]))
+    return max(0.0, float(res["wall_seconds"]) - train), train
+
+
+def plan_sweep(
+    path: str | Path,
+    out: str | Path | None = None,
+    only: list[str] | None = None,
+    timing: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """What `run_sweep` would do, without running a run or writing anything: every run's
+    config validated (schema, data, agent mix, topology, method), finished runs in the folder
+    recognised, and the cost of the rest in agent-rounds and local agent-steps. With `timing`,
+    also an estimate in seconds: one round of the first pending run of each method is run
+    (nothing written) and scaled by rounds x agents x local steps; evaluation is then counted
+    every round, so it is an upper estimate when train.eval_every > 1.
+
+    Returns name, out, runs, finished, to_run, resumable, notes, methods {method: {runs,
+    agent_rounds, agent_steps, seconds (with timing)}}, agent_rounds, agent_steps, seconds
+    (None without timing), timed {method: [setup s, round s]}.
+    """
+    say = log or (lambda _msg: None)
+    sweep = load_sweep(path, out)
+    if only:
+        select(sweep, only)
+    notes = check_runs(sweep)
+    mark_finished(sweep)
+    todo = [r for r in sweep.runs if r.status != "done"]
+    per: dict[str, dict[str, Any]] = {}
+    timed: dict[str, tuple[float, float, Config]] = {}
+    for r in todo:
+        cfg = r.config
+        m = per.setdefault(cfg.method.name, {"runs": 0, "agent_rounds": 0, "agent_steps": 0})
+        m["runs"] += 1
+        m["agent_rounds"] += _agents(cfg) * cfg.train.rounds
+        m["agent_steps"] += _agents(cfg) * cfg.train.rounds * cfg.train.local_steps
+        if timing and cfg.method.name not in timed:
+            say(f"timing one round of {r.name} ...")
+            timed[cfg.method.name] = (*_time_one_round(cfg), cfg)
+    total_seconds = None
+    if timing:
+        total_seconds = 0.0
+        for r in todo:
+            setup, one, ref = timed[r.config.method.name]
+            work = _agents(r.config) * max(1, r.config.train.local_steps)
+            ref_work = _agents(ref) * max(1, ref.train.local_steps)
+            seconds = setup + one * r.config.train.rounds * work / ref_work
+            m = per[r.config.method.name]
+            m["seconds"] = m.get("seconds", 0.0) + seconds
+            total_seconds += seconds
+    return {
+        "name": sweep.name,
+        "out": str(sweep.out),
+        "out_exists": sweep.out.exists(),
+        "runs": len(sweep.runs),
+        "finished": len(sweep.runs) - len(todo),
+        "to_run": len(todo),
+        "resumable": sum(r.resume for r in todo),
+        "notes": notes,
+        "methods": per,
+        "agent_rounds": sum(m["agent_rounds"] for m in per.values()),
+        "agent_steps": sum(m["agent_steps"] for m in per.values()),
+        "seconds": total_seconds,
+        "timed": {k: [v[0], v[1]] for k, v in timed.items()},
+    }
+
+
 def describe(sweep: Sweep) -> str:
     """Short listing of the runs a sweep file expands to (for docs and debugging)."""
     lines = [f"{sweep.name}: {len(sweep.runs)} runs in {sweep.out}"]
     lines += [f"  {r.name}" for r in sweep.runs]
     return "\n".join(lines)
+
+
+# ---- tuning: choose each method's settings on validation data ------------------------------
+
+TUNE_KEYS = ("methods", "grid", "out")
+SELECTION = (
+    "for each method, the setting with the highest validation accuracy (partition.val_fraction "
+    "of each agent's training samples; never the test split), mean over agents and seeds, "
+    "global protocol; ties: local protocol, then the first in grid order"
+)
+
+
+@dataclass
+class TuneSpec:
+    """A tune file's `tune:` section: the methods, each method's grid (`all` + its own keys;
+    its own values win), and the tuned file to write (relative to the tune file)."""
+
+    methods: list[str]
+    grid: dict[str, dict[str, list[Any]]]
+    out: Path
+
+    def settings(self, method: str) -> list[list[tuple[str, Any]]]:
+        """Every setting tried for `method`: the product of its grid, in order."""
+        keys = {**self.grid.get("all", {}), **self.grid.get(method, {})}
+        points = itertools.product(*keys.values()) if keys else [()]
+        return [list(zip(keys, point, strict=True)) for point in points]
+
+    def variants(self) -> list[list[tuple[str, Any]]]:
+        return [[("method.name", m), *s] for m in self.methods for s in self.settings(m)]
+
+
+def _tune_spec(raw: Any, where: str, path: Path) -> TuneSpec:
+    """Read a `tune:` section (see TuneSpec); one-line errors naming the key."""
+    if not isinstance(raw, dict):
+        raise UserError(where, "must be a mapping with methods, grid and out")
+    for key in raw:
+        if key not in TUNE_KEYS:
+            raise UserError(f"{where}.{key}", f"unknown key (tune has {', '.join(TUNE_KEYS)})")
+    methods = raw.get("methods")
+    if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
+        raise UserError(f"{where}.methods", "must be a non-empty list of method names")
+    grid_raw = raw.get("grid") or {}
+    if not isinstance(grid_raw, dict):
+        raise UserError(f"{where}.grid", "must map 'all' or a method to {config key: [values]}")
+    grid: dict[str, dict[str, list[Any]]] = {}
+    for owner, keys in grid_raw.items():
+        if owner != "all" and owner not in methods:
+            raise UserError(f"{where}.grid.{owner}", "neither 'all' nor one of tune.methods")
+        if not isinstance(keys, dict):
+            raise UserError(f"{where}.grid.{owner}", "must map config keys to lists of values")
+        for key, values in keys.items():
+            if key in ("method.name", "seed"):
+                raise UserError(f"{where}.grid.{owner}.{key}", "is not tuned (methods, seeds)")
+            if not isinstance(values, list) or not values:
+                raise UserError(f"{where}.grid.{owner}.{key}", "must be a non-empty list")
+        grid[str(owner)] = {str(k): v for k, v in keys.items()}
+    if not raw.get("out"):
+        raise UserError(f"{where}.out", "the tuned file to write (relative to the tune file)")
+    return TuneSpec(list(methods), grid, (path.parent / str(raw["out"])).resolve())
+
+
+def _method_name(raw: dict[str, Any]) -> str:
+    method = raw.get("method")
+    name = method.get("name") if isinstance(method, dict) else None
+    return str(name or Config().method.name)
+
+
+def read_tuned(path: Path, where: str) -> dict[str, list[tuple[str, Any]]]:
+    """A tuned file (written by `parse-dfl tune`) -> method -> its chosen overrides."""
+    if not path.is_file():
+        raise UserError(where, f"tuned file {path} not found (parse-dfl tune writes it)")
+    doc = read_yaml(path)
+    methods = doc.get("methods")
+    if not isinstance(methods, dict):
+        raise UserError(where, f"{path} has no `methods` mapping: not a tuned file")
+    out: dict[str, list[tuple[str, Any]]] = {}
+    for m, entry in methods.items():
+        chosen = entry.get("set") if isinstance(entry, dict) else None
+        if not isinstance(chosen, dict):
+            raise UserError(where, f"{path}: methods.{m} has no `set` mapping")
+        out[str(m)] = [(str(k), v) for k, v in chosen.items()]
+    return out
+
+
+def choose_tuned(sweep: Sweep) -> dict[str, Any]:
+    """From a tune sweep's finished runs: each method's best setting (SELECTION), with every
+    candidate's scores. A method with an unfinished or failed setting is not chosen (a pick
+    from part of the grid would not be the grid's pick); it is listed under `unfinished`."""
+    assert sweep.tune is not None
+    tune = sweep.tune
+    scores: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in tune.methods}
+    for r in sweep.runs:
+        method = r.config.method.name
+        setting = {k: v for k, v in r.overrides if k not in ("method.name", "seed")}
+        cand = scores[method].setdefault(
+            json.dumps(setting, sort_keys=True, default=str),
+            {"set": setting, "val": [], "local": [], "seeds": [], "missing": 0},
+        )
+        res_path = sweep.out / r.name / "results.json"
+        if not res_path.is_file():
+            cand["missing"] += 1
+            continue
+        res = json.loads(res_path.read_text())
+        if "mean_val_accuracy" not in res:
+            raise UserError(str(res_path), "has no validation accuracy (partition.val_fraction 0)")
+        cand["val"].append(float(res["mean_val_accuracy"]))
+        cand["local"].append(float(res["mean_val_local_accuracy"]))
+        cand["seeds"].append(r.config.seed)
+    chosen: dict[str, Any] = {}
+    unfinished: dict[str, int] = {}
+    for m in tune.methods:
+        cands = list(scores[m].values())
+        missing = sum(c["missing"] for c in cands)
+        if missing:
+            unfinished[m] = missing
+            continue
+        rows = [
+            {
+                "set": c["set"],
+                "val_accuracy": round(float(sum(c["val"]) / len(c["val"])), 6),
+                "val_local_accuracy": round(float(sum(c["local"]) / len(c["local"])), 6),
+                "seeds": sorted(c["seeds"]),
+            }
+            for c in cands
+        ]
+        best = max(
+            range(len(rows)),
+            key=lambda i: (rows[i]["val_accuracy"], rows[i]["val_local_accuracy"], -i),
+        )
+        chosen[m] = {
+            "set": dict(rows[best]["set"]),  # a copy: no YAML anchor between the two
+            "val_accuracy": rows[best]["val_accuracy"],
+            "val_local_accuracy": rows[best]["val_local_accuracy"],
+            "candidates": [{k: v for k, v in row.items() if k != "seeds"} for row in rows],
+        }
+    seeds = sorted({r.config.seed for r in sweep.runs})
+    fractions = sorted({r.config.partition.val_fraction for r in sweep.runs})
+    return {
+        "tune_file": str(sweep.path),
+        "sweep": sweep.name,
+        "base": str(sweep.base) if sweep.base else None,
+        "set": {k: v for k, v in sweep.set},
+        "runs": str(sweep.out),
+        "seeds": seeds,
+        "val_fraction": fractions[0] if len(fractions) == 1 else fractions,
+        "rounds": sorted({r.config.train.rounds for r in sweep.runs}),
+        "selection": SELECTION,
+        "methods": chosen,
+        **({"unfinished": unfinished} if unfinished else {}),
+    }
+
+
+def write_tuned(doc: dict[str, Any], path: Path, command: str) -> None:
+    """The tuned file: a comment saying how it was made and how to use it, then `doc`."""
+    head = [
+        f"# Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M')}.",
+        "# Chosen on validation data only; a sweep applies each method's `set` with",
+        "#   tuned: <path to this file, relative to the sweep file>",
+        "# (before the sweep's own set / grid / runs, which win on a key they also set).",
+    ]
+    body = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100)
+    atomic_write_text(path, "\n".join(head) + "\n" + body)
+
+
+def run_tune(
+    path: str | Path,
+    out: str | Path | None = None,
+    jobs: int = 1,
+    progress: bool = True,
+    write: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """`parse-dfl tune`: run (or finish) a tune file's sweep, choose each method's setting on
+    validation data, and write the tuned file (tune.out, or `write`). Returns the summary of
+    the sweep (`sweep`), the tuned document (`tuned`) and the file written (`path`, None
+    when no method could be chosen)."""
+    sweep = load_sweep(path, out)
+    if sweep.tune is None:
+        raise UserError(f"{path}: tune", "missing: a tune file has a `tune:` section")
+    target = Path(write) if write is not None else sweep.tune.out
+    extra = ["--write", str(write)] if write is not None else []
+    command = "parse-dfl tune " + shlex.join([str(path), "--out", str(sweep.out), *extra])
+    summary = run_sweep(path, out, jobs=jobs, progress=progress, command=command, log=log)
+    sweep = load_sweep(path, out)
+    doc = choose_tuned(sweep)
+    written = None
+    if doc["methods"]:
+        write_tuned(doc, target, command)
+        written = target
+    return {"sweep": summary, "tuned": doc, "path": written}

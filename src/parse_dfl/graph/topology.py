@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import networkx as nx
 import numpy as np
 
+from parse_dfl import registry
 from parse_dfl.config import TopologyConfig
 from parse_dfl.errors import UserError
 
@@ -132,26 +133,27 @@ def read_edge_list(path: str | None, n: int) -> nx.Graph:
     return g
 
 
+Generator = Callable[[TopologyConfig, int, int], nx.Graph]
+"""(config, number of nodes, seed) -> graph: what the registry holds for each topology name."""
+
+for _name, _gen in (
+    ("ring", lambda cfg, n, seed: _ring(n)),
+    ("chordal-ring", lambda cfg, n, seed: _chordal_ring(n, cfg.chord)),
+    ("random-gossip", lambda cfg, n, seed: _random_regular(n, cfg.degree, seed)),
+    ("erdos-renyi", lambda cfg, n, seed: _erdos_renyi(n, cfg.p, seed)),
+    ("torus", lambda cfg, n, seed: _torus(n)),
+    ("full", lambda cfg, n, seed: nx.complete_graph(n)),
+    ("edge-list", lambda cfg, n, seed: read_edge_list(cfg.path, n)),
+):
+    registry.register("topology", _name, _gen)
+
+
 def generate(cfg: TopologyConfig, n: int, seed: int) -> nx.Graph:
     """One graph of `cfg.name` on nodes 0..n-1 (all n nodes present, even if isolated)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    name = cfg.name
-    if name == "ring":
-        return _ring(n)
-    if name == "chordal-ring":
-        return _chordal_ring(n, cfg.chord)
-    if name == "random-gossip":
-        return _random_regular(n, cfg.degree, seed)
-    if name == "erdos-renyi":
-        return _erdos_renyi(n, cfg.p, seed)
-    if name == "torus":
-        return _torus(n)
-    if name == "full":
-        return nx.complete_graph(n)
-    if name == "edge-list":
-        return read_edge_list(cfg.path, n)
-    raise UserError("topology.name", f"unknown topology {name!r}")
+    gen: Generator = registry.resolve("topology", cfg.name, "topology.name")
+    return gen(cfg, n, seed)
 
 
 def components(g: nx.Graph) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 from parse_dfl.config import Config, TopologyConfig
@@ -36,9 +37,15 @@ SharePlan = dict[str, Share | None]
 class Method(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    Options: ClassVar[type[BaseModel] | None] = None
+    """A plug-in method's own settings: a pydantic model that checks `method.options` when the
+    config is loaded (unknown keys are refused); the checked values are `self.options`."""
 
     def __init__(self, cfg: Config, ds: MultimodalDataset) -> None:
         self.cfg = cfg
+        self.options: BaseModel | None = (
+            None if self.Options is None else self.Options.model_validate(cfg.method.options)
+        )
         self.modalities = tuple(ds.modalities)
         self.kinds = dict(ds.kinds)
         self.input_shapes = {m: ds.input_shape(m) for m in ds.modalities}

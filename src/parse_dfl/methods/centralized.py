@@ -54,6 +54,7 @@ class CentralizedMethod(MonolithicMethod):
             self.n_classes,
             head_hidden=self.cfg.model.head_hidden,
             missing="skip",
+            encoder=self.cfg.model.encoder,
         )
 
     def share_plan(self, agent: AgentSpec, model: nn.Module) -> SharePlan:

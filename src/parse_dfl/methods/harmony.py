@@ -130,12 +130,16 @@ class HarmonyModel(nn.Module):
         n_classes: int,
         head_hidden: int = 0,
         classifier_seed: int = 0,
+        encoder: str = "auto",
     ) -> None:
         super().__init__()
         self.modalities = modalities
         self.multimodal = len(modalities) >= 2
         self.encoders = nn.ModuleDict(
-            {m: build_encoder(kinds[m], input_shapes[m], width, embed_dim) for m in modalities}
+            {
+                m: build_encoder(kinds[m], input_shapes[m], width, embed_dim, encoder)
+                for m in modalities
+            }
         )
         self.heads = nn.ModuleDict(
             {m: build_head(embed_dim, n_classes, head_hidden) for m in modalities}
@@ -215,6 +219,7 @@ class HarmonyMethod(Method):
             self.n_classes,
             head_hidden=self.cfg.model.head_hidden,
             classifier_seed=self.cfg.seed * 1_000_003 + 7_919,
+            encoder=self.cfg.model.encoder,
         )
 
     def fusing(self, model: HarmonyModel) -> bool:

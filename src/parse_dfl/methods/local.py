@@ -27,6 +27,7 @@ class MonolithicMethod(Method):
             self.n_classes,
             head_hidden=self.cfg.model.head_hidden,
             missing=self.cfg.method.missing_modality,
+            encoder=self.cfg.model.encoder,
         )
 
     def loss(self, model: nn.Module, x: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:

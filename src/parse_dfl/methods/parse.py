@@ -37,6 +37,7 @@ class ParseMethod(Method):
             fusion=mc.fusion,
             head_hidden=mc.head_hidden,
             ensemble=mc.ensemble,
+            encoder=mc.encoder,
         )
 
     def alignment(self, out: ParseOutput) -> torch.Tensor:

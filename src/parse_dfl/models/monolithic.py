@@ -34,6 +34,7 @@ class FusionClassifier(nn.Module):
         head_hidden: int = 0,
         missing: str = "zero",
         held: Sequence[str] | None = None,
+        encoder: str = "auto",
     ) -> None:
         super().__init__()
         self.modalities = modalities
@@ -41,7 +42,10 @@ class FusionClassifier(nn.Module):
         self.held: frozenset[str] | None = None if held is None else frozenset(held)
         self.input_shapes = input_shapes
         self.encoders = nn.ModuleDict(
-            {m: build_encoder(kinds[m], input_shapes[m], width, embed_dim) for m in modalities}
+            {
+                m: build_encoder(kinds[m], input_shapes[m], width, embed_dim, encoder)
+                for m in modalities
+            }
         )
         self.classifier = build_head(embed_dim, n_classes, head_hidden)
 

@@ -44,6 +44,7 @@ class ParseModel(nn.Module):
         fusion: str = "mean",
         head_hidden: int = 0,
         ensemble: str = "logits",
+        encoder: str = "auto",
     ) -> None:
         super().__init__()
         self.modalities = modalities
@@ -52,7 +53,7 @@ class ParseModel(nn.Module):
         d_u, d_r, d_s = split
         dim = d_u + d_r + d_s
         self.encoders = nn.ModuleDict(
-            {m: build_encoder(kinds[m], input_shapes[m], width, dim) for m in modalities}
+            {m: build_encoder(kinds[m], input_shapes[m], width, dim, encoder) for m in modalities}
         )
         self.unique_heads = nn.ModuleDict(
             {m: build_head(d_u, n_classes, head_hidden) for m in modalities}

@@ -1,0 +1,71 @@
+"""Has a run's learning curve flattened, and how fast did it get there?
+
+A comparison of methods after R rounds says who is ahead *at R*; if a curve is still
+climbing, more rounds could reorder the methods. The rule here is stated, fixed and applied
+to every run alike: the curve is the mean accuracy over agents at each evaluation; smoothed,
+it is the mean of the last `last` evaluations up to a round. The run has **flattened** when
+the smoothed curve at the final round gains less than `tol` points over its value `window`
+rounds earlier. It is **too short to tell** when fewer than `last` evaluations lie at or
+before that earlier round (with `train.eval_every: 1`, a run needs window + last rounds).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+LAST = 5  # evaluations averaged into one smoothed point
+WINDOW = 20  # rounds between the two smoothed points compared
+TOL = 0.3  # points (%): a smaller gain over WINDOW rounds counts as flat
+REACH = 0.95  # share of the final (smoothed) accuracy whose first round is reported
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """What one curve says: flat (None: too short to tell), the gain in points over the last
+    `window` rounds, the smoothed final accuracy (%), and the first evaluated round at which
+    the accuracy reached `REACH` of it (None: no evaluation)."""
+
+    flat: bool | None
+    gain: float
+    final: float
+    rounds_to_reach: int | None
+
+
+def rule_text(last: int = LAST, window: int = WINDOW, tol: float = TOL) -> str:
+    """The rule in words, for the report."""
+    return (
+        f"flattened = the mean over the last {last} evaluations gains less than {tol} points "
+        f"over the same mean {window} rounds earlier; too short to tell when fewer than "
+        f"{last} evaluations precede that earlier round"
+    )
+
+
+def _smoothed(rounds: Sequence[int], acc: Sequence[float], upto: float, last: int) -> float:
+    """Mean of the last `last` evaluations at or before round `upto` (nan if fewer)."""
+    seen = [a for t, a in zip(rounds, acc, strict=True) if t <= upto]
+    return math.fsum(seen[-last:]) / last if len(seen) >= last else math.nan
+
+
+def convergence(
+    history: Sequence[dict[str, Any]],
+    key: str = "mean_accuracy",
+    last: int = LAST,
+    window: int = WINDOW,
+    tol: float = TOL,
+) -> Convergence:
+    """Apply the rule (module docstring) to `history[i][key]` (accuracy as a fraction)."""
+    points = sorted((int(h["round"]), 100.0 * float(h[key])) for h in history if key in h)
+    if not points:
+        return Convergence(None, math.nan, math.nan, None)
+    rounds = [t for t, _ in points]
+    acc = [a for _, a in points]
+    end = rounds[-1]
+    final = _smoothed(rounds, acc, end, min(last, len(acc)))
+    earlier = _smoothed(rounds, acc, end - window, last)
+    enough = len(acc) >= last and not math.isnan(earlier)
+    gain = _smoothed(rounds, acc, end, last) - earlier if enough else math.nan
+    reach = next((t for t, a in points if a >= REACH * final), None)
+    return Convergence(gain < tol if enough else None, gain, final, reach)

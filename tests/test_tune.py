@@ -1,0 +1,168 @@
+"""`parse-dfl tune` (choose each method's setting on validation data, write a tuned file),
+sweeps that apply a tuned file, and the evidence a report draws from the runs: paired
+differences over seeds, accuracy for the bytes spent, convergence, and the compact export
+read back into the same tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from parse_dfl.cli import main
+from parse_dfl.errors import UserError
+from parse_dfl.experiments.sweep import load_sweep
+
+QUICK = Path("configs/quick.yaml").resolve()
+TUNE = f"""
+name: quick-tune
+base: {QUICK}
+set: [train.rounds=2, train.local_steps=2, train.eval_every=1, partition.val_fraction=0.25]
+grid:
+  seed: [100, 101]
+tune:
+  methods: [parse, local]
+  grid:
+    all: {{train.lr: [0.001, 0.01]}}
+    parse: {{method.beta: [0.1, 0.5]}}
+  out: tuned/quick.yaml
+"""
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory) -> tuple[Path, Path, int]:
+    """The tiny tune file, run once: (its folder, its runs' folder, the exit code)."""
+    import torch
+
+    torch.set_num_threads(1)
+    home = tmp_path_factory.mktemp("tune")
+    (home / "tune.yaml").write_text(TUNE)
+    runs = home / "runs"
+    code = main(["tune", str(home / "tune.yaml"), "--out", str(runs), "--quiet"])
+    return home, runs, code
+
+
+def test_tune_picks_the_best_validation_setting_of_each_method(tuned, capsys) -> None:
+    home, runs, code = tuned
+    assert code == 0
+    text = (home / "tuned" / "quick.yaml").read_text()
+    assert "&id" not in text  # plain YAML a person reads and edits: no anchors
+    doc = yaml.safe_load(text)
+    assert doc["seeds"] == [100, 101] and doc["val_fraction"] == 0.25
+    assert set(doc["methods"]) == {"parse", "local"}
+    assert len(doc["methods"]["parse"]["candidates"]) == 4
+    assert len(doc["methods"]["local"]["candidates"]) == 2
+    for method, entry in doc["methods"].items():  # recomputed from the runs' results.json
+        scores: dict[str, list[tuple[float, float]]] = {}
+        for res_path in runs.glob(f"method={method}/**/results.json"):
+            res = json.loads(res_path.read_text())
+            setting = {
+                k: v
+                for k, v in (
+                    ("train.lr", res["config"]["train"]["lr"]),
+                    ("method.beta", res["config"]["method"]["beta"]),
+                )
+                if k in entry["set"]
+            }
+            key = json.dumps(setting, sort_keys=True)
+            scores.setdefault(key, []).append(
+                (res["mean_val_accuracy"], res["mean_val_local_accuracy"])
+            )
+        assert all(len(v) == 2 for v in scores.values())  # both seeds of every setting
+        means = {k: tuple(np.mean(v, axis=0)) for k, v in scores.items()}
+        best = max(means.values())
+        assert means[json.dumps(entry["set"], sort_keys=True)] == pytest.approx(best, abs=1e-6)
+        assert entry["val_accuracy"] == pytest.approx(best[0], abs=1e-6)
+
+
+def test_a_sweep_starts_each_method_from_its_tuned_setting(tuned) -> None:
+    home, _, _ = tuned
+    doc = yaml.safe_load((home / "tuned" / "quick.yaml").read_text())
+    sweep_file = home / "use.yaml"
+    sweep_file.write_text(
+        f"base: {QUICK}\ntuned: tuned/quick.yaml\ngrid:\n  seed: [0]\nruns:\n"
+        "  - {method.name: parse}\n  - {method.name: local}\n"
+        "  - {method.name: parse, method.beta: 2.0}\n  - {method.name: dsgd-task}\n"
+    )
+    sweep = load_sweep(sweep_file)
+    cfgs = {r.name: r.config for r in sweep.runs}
+    parse_set, local_set = doc["methods"]["parse"]["set"], doc["methods"]["local"]["set"]
+    assert cfgs["method=parse/seed=0"].train.lr == parse_set["train.lr"]
+    assert cfgs["method=parse/seed=0"].method.beta == parse_set["method.beta"]
+    assert cfgs["method=local/seed=0"].train.lr == local_set["train.lr"]
+    ablation = cfgs["method=parse/method.beta=2.0/seed=0"]  # the sweep's own key wins
+    assert ablation.method.beta == 2.0 and ablation.train.lr == parse_set["train.lr"]
+    assert cfgs["method=dsgd-task/seed=0"].train.lr == 0.003  # not tuned: the base config
+    assert sweep.tuned == (home / "tuned" / "quick.yaml").resolve()
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        (("partition.val_fraction=0.25", "partition.val_fraction=0.0"), "run"),  # test only
+        (("seed: [100, 101]", "seed: [100]\n  train.rounds: [2, 3]"), "grid.train.rounds"),
+        (("out: tuned/quick.yaml", "outt: x"), "tune.outt"),
+        (("parse: {method.beta", "dsgd-task: {method.beta"), "tune.grid.dsgd-task"),
+    ],
+)
+def test_bad_tune_files_fail_before_anything_runs(tmp_path, change, where) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TUNE.replace(*change))
+    with pytest.raises(UserError) as err:
+        load_sweep(bad)
+    assert where in err.value.where
+    if where == "run":
+        assert "partition.val_fraction" in err.value.problem
+
+
+def _table_lines(text: str) -> list[str]:
+    """Every table row of a report but the run list (whose links point at the source)."""
+    body = text.split("## Runs")[0]
+    return [line for line in body.splitlines() if line.startswith("|")]
+
+
+def test_the_report_shows_paired_intervals_bytes_and_convergence(tuned) -> None:
+    _, runs, _ = tuned
+    assert main(["report", str(runs), "--no-tsne", "--no-pid"]) == 0
+    text = (runs / "report.md").read_text()
+    paired = text.split("## Ours minus the best baseline, paired over seeds")[1].split("\n## ")[0]
+    rows = [line for line in paired.splitlines() if line.startswith("| parse |")]
+    assert rows, "no paired row for parse"
+    for row in rows:  # 2 seeds each: an interval and its word in every cell
+        cells = row.split(" | ")[3:]
+        assert all("[" in c and " vs local" in c for c in cells)
+        assert all(any(w in c for w in ("**win**", "**loss**", "inside the noise")) for c in cells)
+    assert "## Accuracy for the bytes spent" in text and "Budget:" in text
+    assert "## Convergence" in text and "too short" in text  # 2 rounds cannot show a plateau
+
+
+def test_an_export_reads_back_into_the_same_tables(tuned, tmp_path) -> None:
+    _, runs, _ = tuned
+    assert (
+        main(["report", str(runs), "--no-tsne", "--no-pid", "--out", str(tmp_path / "a.md")]) == 0
+    )
+    assert main(["report", str(runs), "--export", str(tmp_path / "x")]) == 0
+    export = tmp_path / "x" / "quick-tune.jsonl.gz"
+    assert export.is_file() and not list((tmp_path / "x").glob("*.pt"))
+    first = export.read_bytes()
+    assert main(["report", str(runs), "--export", str(tmp_path / "x")]) == 0
+    assert export.read_bytes() == first  # no time stamp inside: a rerun is the same file
+    assert main(["report", str(export), "--no-tsne", "--no-pid"]) == 0
+    again = (tmp_path / "x" / "quick-tune.md").read_text()
+    assert (tmp_path / "x" / "quick-tune").is_dir()  # the figures, beside the report
+    original = (tmp_path / "a.md").read_text()
+    assert len(_table_lines(original)) > 20
+    assert _table_lines(again) == _table_lines(original)
+
+
+def test_the_watch_tune_file_gives_every_method_the_same_budget() -> None:
+    sweep = load_sweep("configs/tune/watch.yaml")
+    per_method: dict[str, int] = {}
+    for r in sweep.runs:
+        per_method[r.config.method.name] = per_method.get(r.config.method.name, 0) + 1
+        assert r.config.partition.val_fraction > 0 and r.config.seed in (100, 101)
+    assert len(set(per_method.values())) == 1, per_method  # 9 settings x 2 seeds each
+    assert "parse" in per_method and "harmony" in per_method and len(sweep.runs) == 144
