@@ -58,6 +58,24 @@ def unfold_bmm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     return out.view(A, B, L, -1).transpose(2, 3)
 
 
+def candidates(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """Every way of computing the cohort's convolution, as a call."""
+    A, _, C, T = x.shape
+
+    def one(xx: torch.Tensor, ww: torch.Tensor, bb: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(xx, ww, bb, stride=STRIDE, padding=PAD)
+
+    return {
+        "plain": lambda: one(x.reshape(-1, C, T), w[0], b[0]),
+        "loop": lambda: torch.stack([one(x[a], w[a], b[a]) for a in range(A)]),
+        "vmap": lambda: vmap(one)(x, w, b),
+        "unfold": lambda: unfold_bmm(x, w, b),
+        "unfold-vmap": lambda: vmap(unfold_conv)(x, w, b),
+    }
+
+
 def timed(fn: Callable[[], torch.Tensor], repeats: int) -> float:
     fn().sum().backward()  # warm-up
     best = float("inf")
@@ -77,27 +95,15 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
-    for name, (C, O, T) in LAYERS.items():
+    for name, (C, out_ch, T) in LAYERS.items():
         for A in [int(a) for a in args.agents.split(",")]:
             gen = torch.Generator().manual_seed(0)
             x = torch.randn(A, args.batch, C, T, generator=gen, requires_grad=True)
-            w = torch.randn(A, O, C, K, generator=gen).mul_(0.1).requires_grad_()
-            b = torch.randn(A, O, generator=gen).requires_grad_()
+            w = torch.randn(A, out_ch, C, K, generator=gen).mul_(0.1).requires_grad_()
+            b = torch.randn(A, out_ch, generator=gen).requires_grad_()
             L = (T + 2 * PAD - K) // STRIDE + 1
-            flops = 3 * 2 * A * args.batch * O * C * K * L  # forward + two backward products
-            cands: dict[str, Callable[[], torch.Tensor]] = {
-                "plain": lambda: F.conv1d(
-                    x.reshape(-1, C, T), w[0], b[0], stride=STRIDE, padding=PAD
-                ),
-                "loop": lambda: torch.stack(
-                    [F.conv1d(x[a], w[a], b[a], stride=STRIDE, padding=PAD) for a in range(A)]
-                ),
-                "vmap": lambda: vmap(
-                    lambda xx, ww, bb: F.conv1d(xx, ww, bb, stride=STRIDE, padding=PAD)
-                )(x, w, b),
-                "unfold": lambda: unfold_bmm(x, w, b),
-                "unfold-vmap": lambda: vmap(unfold_conv)(x, w, b),
-            }
+            flops = 3 * 2 * A * args.batch * out_ch * C * K * L  # forward + two backward products
+            cands = candidates(x, w, b)
             want = cands["loop"]().detach()
             for cand in ("vmap", "unfold", "unfold-vmap"):
                 got = cands[cand]().detach()

@@ -241,12 +241,12 @@ class MethodConfig(Section):
         description="parse-plus: hidden units of each slice projector (0 = as many as keep "
         "the three projectors within the parameters of PARSE's last encoder layer)",
     )
-    plus_decor: Literal["none", "xcov", "hsic"] = Field(
-        "none",
+    plus_decor: Literal["xcov", "hsic", "none"] = Field(
+        "xcov",
         description="parse-plus: penalty on the dependence of u_m with r_m and with the other "
-        "modalities' r (r held fixed): none, squared cross-correlation (xcov) or kernel HSIC",
+        "modalities' r (r held fixed): squared cross-correlation (xcov), kernel HSIC or none",
     )
-    plus_gamma: float = Field(0.1, ge=0, description="parse-plus: weight of the u/r penalty")
+    plus_gamma: float = Field(1.0, ge=0, description="parse-plus: weight of the u/r penalty")
     plus_discriminator: bool = Field(
         False,
         description="parse-plus: a modality discriminator (shared by all agents) must tell "
@@ -255,16 +255,17 @@ class MethodConfig(Section):
     plus_delta: float = Field(
         0.1, ge=0, description="parse-plus: weight of the modality discriminator's loss"
     )
-    plus_fusion: Literal["tensor", "mlp", "mean", "concat", "gated", "attention"] = Field(
-        "tensor",
-        description="parse-plus: synergy fusion: low-rank tensor product (tensor), concat + "
-        "hidden layer (mlp), or one of PARSE's fusions",
+    plus_fusion: Literal["mean", "tensor", "mlp", "concat", "gated", "attention"] = Field(
+        "mean",
+        description="parse-plus: synergy fusion: PARSE's mean (or concat, gated, attention), "
+        "or one that can express interactions: low-rank tensor product (tensor) or concat + "
+        "hidden layer (mlp)",
     )
     plus_fusion_hidden: int = Field(
         0, ge=0, description="parse-plus: hidden units of mlp/tensor fusion (0 = synergy width)"
     )
     plus_synergy_hidden: int = Field(
-        -1,
+        0,
         ge=-1,
         description="parse-plus: hidden units of the synergy head (-1 = synergy width, 0 = linear)",
     )

@@ -52,6 +52,8 @@ def build_trunk(
     A built-in encoder loses its last linear layer, since each slice projector starts with its
     own; any other encoder (`model.encoder`) is kept whole, with `width` outputs and a ReLU."""
     enc = build_encoder(kind, input_shape, width, width, encoder)
+    if encoder != "auto":  # a user's encoder: its layers are its own business
+        return nn.Sequential(enc, nn.ReLU())
     last = getattr(enc, "out", None)
     net = getattr(enc, "net", None)
     if isinstance(last, nn.Linear):
