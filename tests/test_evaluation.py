@@ -75,3 +75,15 @@ def test_methods_side_by_side_equal_methods_in_turn(tmp_path, capsys) -> None:
     capsys.readouterr()
     assert main([*base, *sets, "--jobs", "0", "--out", str(tmp_path / "c")]) == 2
     assert "--jobs" in capsys.readouterr().err
+
+
+def test_a_batch_larger_than_some_agents_sets_warns_in_one_line(tmp_path, capsys) -> None:
+    import pytest
+
+    with pytest.warns(UserWarning, match="repeat samples"):
+        build_setup(quick_config("agents.mix=acc:3,gyro:3,acc+gyro:3"))
+    sets = ["--set", "agents.mix=acc:3,gyro:3,acc+gyro:3", "--set", "train.rounds=1"]
+    assert main(["run", "configs/quick.yaml", *sets, "--quiet", "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert "parse-dfl: warning: train.batch_size=8 is more than" in err
+    assert "UserWarning" not in err

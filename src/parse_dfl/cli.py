@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -718,6 +719,18 @@ def _quiet_stdout() -> None:
         pass  # stdout is not a real file (a test's capture): nothing will flush it at exit
 
 
+def _warning_line(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """A warning as one line of the tool's own, not Python's `file:line: Category:` form."""
+    print(f"parse-dfl: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Every command ends the same way: bad input (UserError, an unreadable
     or unwritable file, a damaged JSON file) as one line and exit code 2; output cut short by
@@ -726,6 +739,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import json
 
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _warning_line
     try:
         code = int(args.func(args))
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit

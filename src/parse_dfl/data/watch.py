@@ -40,7 +40,7 @@ def _data_file() -> Path | None:
 
 def available() -> tuple[bool, str]:
     if importlib.util.find_spec("seglearn") is None:
-        return False, "the seglearn package is not installed (pip install seglearn)"
+        return False, "the seglearn package is not installed (pip install 'parse-dfl[data]')"
     if _data_file() is None:
         return False, "seglearn is installed but its watch_dataset.npy file is missing"
     return True, ""

@@ -97,7 +97,8 @@ def _check_batch_size(cfg: Config, agents: list[AgentSpec]) -> None:
     """Refuse a batch larger than all the agents' training samples together: each batch wraps
     around its agent's own samples, so such a batch only repeats them, at a cost that grows
     without bound (batch_size=10000 on a few dozen samples ran for ever). A batch a little
-    above an agent's samples stays allowed: it is common with small shards (dirichlet)."""
+    above an agent's samples stays allowed, with a warning: it is common with small shards
+    (dirichlet)."""
     sizes = [len(a.train_idx) for a in agents]
     total = sum(sizes)
     if cfg.train.batch_size > total:
@@ -114,6 +115,17 @@ def _check_batch_size(cfg: Config, agents: list[AgentSpec]) -> None:
             f"{cfg.train.batch_size} is more than all {total} training samples of the "
             f"{len(agents)} agents together, and a batch only repeats its agent's own samples "
             f"({have}): use a batch of at most {sizes[big]}",
+        )
+    short = [a.id for a, n in zip(agents, sizes, strict=True) if n < cfg.train.batch_size]
+    if short:
+        import warnings
+
+        warnings.warn(
+            f"train.batch_size={cfg.train.batch_size} is more than the training samples of "
+            f"{len(short)} of {len(agents)} agents (fewest: {min(sizes)}); their batches "
+            "repeat samples",
+            UserWarning,
+            stacklevel=2,
         )
 
 
