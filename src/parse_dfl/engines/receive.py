@@ -22,6 +22,7 @@ process; a process of the distributed engine receives for its own holders only).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -79,6 +80,17 @@ class Inbox:
     def clean(self) -> bool:
         return self.ok is None
 
+    @functools.cached_property
+    def split(self) -> tuple[sp.csr_matrix, np.ndarray]:
+        """(W without each receiver's own entry, the own entries): computed once per round
+        and group, however many column pieces the engine combines."""
+        coo = self.W.tocoo()
+        own = coo.col == self.me[coo.row]
+        diag = np.zeros(self.W.shape[0])
+        np.add.at(diag, coo.row[own], coo.data[own])
+        off = sp.csr_matrix((coo.data[~own], (coo.row[~own], coo.col[~own])), shape=self.W.shape)
+        return off, diag
+
 
 def inbox(W: sp.csr_matrix, ok: np.ndarray | None, me: np.ndarray | None = None) -> Inbox:
     """The round's weights after dropping the messages of senders that are not `ok`.
@@ -102,16 +114,6 @@ def inbox(W: sp.csr_matrix, ok: np.ndarray | None, me: np.ndarray | None = None)
     return Inbox(W, me, ok, dropped)
 
 
-def _split(box: Inbox) -> tuple[sp.csr_matrix, np.ndarray]:
-    """(W without each receiver's own entry, the own entries)."""
-    coo = box.W.tocoo()
-    own = coo.col == box.me[coo.row]
-    diag = np.zeros(box.W.shape[0])
-    np.add.at(diag, coo.row[own], coo.data[own])
-    off = sp.csr_matrix((coo.data[~own], (coo.row[~own], coo.col[~own])), shape=box.W.shape)
-    return off, diag
-
-
 def combine(
     own: torch.Tensor,
     sent: torch.Tensor,
@@ -124,7 +126,7 @@ def combine(
     if rule.rule == "mean":
         if box.clean and sent is own:  # plain gossip, nothing dropped: one product
             return matmul(box.W, own)
-        off, diag = _split(box)
+        off, diag = box.split
         kept = sent if box.ok is None else sent.masked_fill(_col(~box.ok, sent), 0.0)
         d = torch.as_tensor(diag, dtype=own.dtype, device=own.device)[:, None]
         return matmul(off, kept) + d * own[torch.as_tensor(box.me, device=own.device)]

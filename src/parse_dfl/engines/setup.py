@@ -3,6 +3,8 @@ topology, models with common initial values, and the holder groups of every shar
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -140,9 +142,6 @@ def choose_threads(requested: int | None) -> tuple[int, str]:
     worker has already set to 1)."""
     if requested:
         return requested, "engine.threads"
-    import math
-    import os
-
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     free = max(1, cores - math.ceil(load - 0.25))

@@ -52,8 +52,11 @@ class ParseMethod(Method):
         return torch.stack(terms).mean()
 
     def loss(self, model: nn.Module, x: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        return self.objective(model(x), y)
+
+    def objective(self, out: ParseOutput, y: torch.Tensor) -> torch.Tensor:
+        """CE(ensemble) + lambda_h * sum of the heads' CE + beta * alignment."""
         mc = self.cfg.method
-        out: ParseOutput = model(x)
         if self.cfg.model.ensemble == "probs":
             total = F.nll_loss(out.ensemble, y)
         else:

@@ -26,16 +26,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from parse_dfl.config import Config
 from parse_dfl.data.base import MultimodalDataset
 from parse_dfl.data.partition import AgentSpec
-from parse_dfl.methods.alignment import info_nce, separation
-from parse_dfl.methods.base import Method, Share, SharePlan
+from parse_dfl.methods.base import Share, SharePlan
 from parse_dfl.methods.disentangle import DEPENDENCE, modality_loss
-from parse_dfl.models.parse_plus import ParsePlusModel, ParsePlusOutput
+from parse_dfl.methods.parse import ParseMethod
+from parse_dfl.models.parse import ParseOutput
+from parse_dfl.models.parse_plus import ParsePlusModel
 
 FLOOR = 0.125  # least share of the embedding any slice gets from a PID-derived split
 
@@ -95,7 +95,7 @@ def auto_projector_hidden(width: int, split: tuple[int, int, int]) -> int:
     return max(1, (width * total) // (3 * width + 3 + total))
 
 
-class ParsePlusMethod(Method):
+class ParsePlusMethod(ParseMethod):
     name = "parse-plus"
     description = (
         "PARSE-plus: per-slice projectors, disentangling losses, interaction fusion, "
@@ -134,19 +134,7 @@ class ParsePlusMethod(Method):
             encoder=mo.encoder,
         )
 
-    def alignment(self, out: ParsePlusOutput) -> torch.Tensor:
-        """PARSE's term: InfoNCE between redundant slices (hard negatives: the sample's own u
-        and s), or, with one modality, the separation of r from u."""
-        mods = list(out.redundant)
-        if len(mods) == 1:
-            return separation(out.redundant[mods[0]], out.unique[mods[0]])
-        terms = []
-        for a, b in combinations(mods, 2):
-            hard = [out.unique[a], out.unique[b], out.synergy[a], out.synergy[b]]
-            terms.append(info_nce(out.redundant[a], out.redundant[b], hard, self.cfg.method.tau))
-        return torch.stack(terms).mean()
-
-    def dependence(self, out: ParsePlusOutput) -> torch.Tensor:
+    def dependence(self, out: ParseOutput) -> torch.Tensor:
         """Mean dependence of each u_m with its own r_m and with every other modality's r.
 
         r is held constant here: the penalty moves u away from r, never r away from u. A
@@ -159,7 +147,7 @@ class ParsePlusMethod(Method):
         terms += [dep(out.unique[a], r[b]) for a, b in permutations(mods, 2)]
         return torch.stack(terms).mean()
 
-    def discrimination(self, model: ParsePlusModel, out: ParsePlusOutput) -> torch.Tensor:
+    def discrimination(self, model: ParsePlusModel, out: ParseOutput) -> torch.Tensor:
         """Mean cross-entropy of the discriminator naming each unique slice's modality."""
         assert model.discriminator is not None
         terms = [
@@ -169,44 +157,27 @@ class ParsePlusMethod(Method):
         return torch.stack(terms).mean()
 
     def loss(self, model: nn.Module, x: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        """PARSE's objective, plus the u/r dependence penalty and the modality discriminator."""
         mc = self.cfg.method
         assert isinstance(model, ParsePlusModel)
         out = model(x)
-        if self.cfg.model.ensemble == "probs":
-            total = F.nll_loss(out.ensemble, y)
-        else:
-            total = F.cross_entropy(out.ensemble, y)
-        if mc.lambda_h > 0:
-            total = total + mc.lambda_h * sum(F.cross_entropy(h, y) for h in out.heads.values())
-        if mc.align and mc.beta > 0:
-            total = total + mc.beta * self.alignment(out)
+        total = self.objective(out, y)
         if mc.plus_decor != "none" and mc.plus_gamma > 0:
             total = total + mc.plus_gamma * self.dependence(out)
         if model.discriminator is not None and mc.plus_delta > 0:
             total = total + mc.plus_delta * self.discrimination(model, out)
         return total
 
-    def logits(self, model: nn.Module, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(x).ensemble
-
     def share_plan(self, agent: AgentSpec, model: nn.Module) -> SharePlan:
+        """PARSE's plan; the s projectors among multimodal agents, the discriminator among
+        all, the personal part with nobody."""
         mc = self.cfg.method
-        plan: SharePlan = {}
-        for m in agent.modalities:
-            plan[f"enc.{m}"] = Share()
-            plan[f"head.unique.{m}"] = Share() if mc.share_unique_heads else None
-        plan["head.redundant"] = {
-            "all": Share(),
-            "modality": Share(tags=frozenset(agent.modalities)),
-            "type": Share(group=agent.type),
-            "none": None,
-        }[mc.redundant_head_scope]
+        plan = super().share_plan(agent, model)
         if mc.plus_discriminator:
             plan["head.modality"] = Share()
         if len(agent.modalities) >= 2:
             for m in agent.modalities:
                 plan[f"proj.s.{m}"] = Share(group="multimodal")
-            plan["synergy"] = Share(group=agent.type) if mc.share_synergy else None
         if mc.plus_personal_weights or mc.plus_personal_head:
             plan["personal"] = None
         return plan

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,6 +31,33 @@ class ParseOutput:
     unique: dict[str, torch.Tensor]
     redundant: dict[str, torch.Tensor]
     synergy: dict[str, torch.Tensor]
+
+
+def slice_heads(
+    model: Any,
+    present: list[str],
+    unique: dict[str, torch.Tensor],
+    redundant: dict[str, torch.Tensor],
+    synergy: dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """The heads' logits from the slices of the modalities `present`: one unique head per
+    modality, the redundant head on the mean r, and (with two or more present) the synergy
+    head on the fused s. Fusion modules expect every modality: an absent one is filled with
+    the mean of the present s slices. `model` has `modalities`, `multimodal`, `unique_heads`,
+    `redundant_head` and, when multimodal, `fusion` and `synergy_head` (ParseModel and
+    ParsePlusModel)."""
+    mods: tuple[str, ...] = model.modalities
+    heads = {f"unique.{m}": model.unique_heads[m](unique[m]) for m in present}
+    r = torch.stack([redundant[m] for m in present], dim=1).mean(dim=1)
+    heads["redundant"] = model.redundant_head(r)
+    if model.multimodal and len(present) >= 2:
+        if len(present) == len(mods):
+            s_in = torch.stack([synergy[m] for m in mods], dim=1)
+        else:
+            s_mean = torch.stack([synergy[m] for m in present], dim=1).mean(dim=1)
+            s_in = torch.stack([synergy.get(m, s_mean) for m in mods], dim=1)
+        heads["synergy"] = model.synergy_head(model.fusion(s_in))
+    return heads
 
 
 class ParseModel(nn.Module):
@@ -94,17 +122,7 @@ class ParseModel(nn.Module):
                 h[:, d_u : d_u + d_r],
                 h[:, d_u + d_r :],
             )
-        heads = {f"unique.{m}": self.unique_heads[m](unique[m]) for m in present}
-        r = torch.stack([redundant[m] for m in present], dim=1).mean(dim=1)
-        heads["redundant"] = self.redundant_head(r)
-        if self.multimodal and len(present) >= 2:
-            if len(present) == len(self.modalities):
-                s_in = torch.stack([synergy[m] for m in self.modalities], dim=1)
-            else:  # fusion modules expect every modality: stand in the mean of the present
-                s_mean = torch.stack([synergy[m] for m in present], dim=1).mean(dim=1)
-                s_in = torch.stack([synergy.get(m, s_mean) for m in self.modalities], dim=1)
-            s = self.fusion(s_in)
-            heads["synergy"] = self.synergy_head(s)
+        heads = slice_heads(self, present, unique, redundant, synergy)
         stacked = torch.stack(list(heads.values()), dim=0)
         if self.ensemble_rule == "probs":
             ensemble = torch.log(torch.softmax(stacked, dim=-1).mean(dim=0).clamp_min(1e-12))

@@ -20,7 +20,6 @@ mean fusion followed by a linear head cannot express it (tests/test_parse_plus.p
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import cast
 
 import torch
@@ -28,20 +27,10 @@ from torch import nn
 
 from parse_dfl.models.encoders import build_encoder, build_head
 from parse_dfl.models.fusion import build_fusion
+from parse_dfl.models.parse import ParseOutput, slice_heads
 
 SLICES = ("u", "r", "s")
 FUSIONS = ("mlp", "tensor", "mean", "concat", "gated", "attention")
-
-
-@dataclass
-class ParsePlusOutput:
-    """What the loss needs: ensemble, each head's logits, every modality's slices."""
-
-    ensemble: torch.Tensor
-    heads: dict[str, torch.Tensor]
-    unique: dict[str, torch.Tensor]
-    redundant: dict[str, torch.Tensor]
-    synergy: dict[str, torch.Tensor]
 
 
 def build_trunk(
@@ -220,7 +209,7 @@ class ParsePlusModel(nn.Module):
             blocks["personal"] = ["personal"]
         return blocks
 
-    def forward(self, x: dict[str, torch.Tensor]) -> ParsePlusOutput:
+    def forward(self, x: dict[str, torch.Tensor]) -> ParseOutput:
         """Heads of the modalities present in `x`; an absent one (a failed sensor) is left out
         as in ParseModel: its fused input is the mean of the present s slices, its unique
         head and its ensemble weight are dropped, and the private head is not used."""
@@ -234,16 +223,7 @@ class ParsePlusModel(nn.Module):
             unique[m], redundant[m] = proj.u(t), proj.r(t)
             if proj.s is not None:
                 synergy[m] = proj.s(t)
-        heads = {f"unique.{m}": self.unique_heads[m](unique[m]) for m in present}
-        r = torch.stack([redundant[m] for m in present], dim=1).mean(dim=1)
-        heads["redundant"] = self.redundant_head(r)
-        if self.multimodal and len(present) >= 2:
-            if len(present) == len(self.modalities):
-                s_in = torch.stack([synergy[m] for m in self.modalities], dim=1)
-            else:
-                s_mean = torch.stack([synergy[m] for m in present], dim=1).mean(dim=1)
-                s_in = torch.stack([synergy.get(m, s_mean) for m in self.modalities], dim=1)
-            heads["synergy"] = self.synergy_head(self.fusion(s_in))
+        heads = slice_heads(self, present, unique, redundant, synergy)
         complete = len(present) == len(self.modalities)
         if self.personal is not None and self.personal.head is not None and complete:
             feats = [unique[m] for m in self.modalities] + [redundant[m] for m in self.modalities]
@@ -261,4 +241,4 @@ class ParsePlusModel(nn.Module):
             ensemble = torch.log(probs.clamp_min(1e-12))
         else:
             ensemble = (w * stacked).sum(dim=0)
-        return ParsePlusOutput(ensemble, heads, unique, redundant, synergy)
+        return ParseOutput(ensemble, heads, unique, redundant, synergy)
