@@ -590,3 +590,14 @@ def describe_fields(
             default = info.get_default(call_default_factory=True)
             rows.append((f"{prefix}{name}", repr(default), info.description or ""))
     return rows
+
+
+def result_defining(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The part of a dumped config that defines a run's result: everything but `engine`
+    (engines compute the same rounds; switching engine or thread count must not invalidate
+    a finished run or a checkpoint), except its number type, which changes the arithmetic,
+    and `logging` (what is written along the way). Sweeps compare finished runs with it
+    and checkpoints record it."""
+    out = {k: v for k, v in cfg.items() if k not in ("engine", "logging")}
+    out["engine"] = {"dtype": cfg.get("engine", {}).get("dtype", "float32")}
+    return out

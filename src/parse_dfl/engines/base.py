@@ -216,10 +216,9 @@ class Engine(ABC):
         checkpoint loads with weights_only=True): all of it but the engine, which may change
         on resume, except its number type, which changes the arithmetic, and the logging,
         which changes no number."""
-        cfg = self.setup.cfg.model_dump(mode="json")
-        cfg["engine"] = {k: v for k, v in cfg.get("engine", {}).items() if k == "dtype"}
-        cfg.pop("logging", None)
-        return cfg
+        from parse_dfl.config import result_defining
+
+        return result_defining(self.setup.cfg.model_dump(mode="json"))
 
     def save_checkpoint(self, path: Path, round_: int, loop: dict[str, Any]) -> None:
         """Atomically (parse_dfl.files): a kill at any moment leaves the last good checkpoint

@@ -42,7 +42,14 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from parse_dfl.config import Config, build_config, parse_override, read_yaml, resolve_paths
+from parse_dfl.config import (
+    Config,
+    build_config,
+    parse_override,
+    read_yaml,
+    resolve_paths,
+    result_defining,
+)
 from parse_dfl.errors import UserError
 from parse_dfl.files import atomic_write_text
 from parse_dfl.yamlsafe import load_file
@@ -314,7 +321,9 @@ def _resumable(run_dir: Path, cfg: Config) -> bool:
         have = build_config(load_file(run_dir / "config.yaml"))
     except (UserError, yaml.YAMLError, OSError):
         return False
-    return _what(have.model_dump(mode="json")) == _what(cfg.model_dump(mode="json"))
+    return result_defining(have.model_dump(mode="json")) == result_defining(
+        cfg.model_dump(mode="json")
+    )
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
@@ -325,16 +334,6 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
                 return d
         return None
     return None if a == b else f"{prefix.rstrip('.')}: {a!r} in the folder, {b!r} in the sweep"
-
-
-def _what(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The part of a config that defines a result: everything but `engine` (engines compute
-    the same rounds; switching engine or thread count must not invalidate finished runs),
-    except its number type, which changes the arithmetic, and `logging` (what is written
-    along the way: TensorBoard or not)."""
-    out = {k: v for k, v in cfg.items() if k not in ("engine", "logging")}
-    out["dtype"] = cfg.get("engine", {}).get("dtype", "float32")
-    return out
 
 
 def select(sweep: Sweep, only: list[str]) -> None:
@@ -386,7 +385,9 @@ def reuse_finished(sweep: Sweep, sources: list[str | Path]) -> int:
             if cfg is None:
                 continue
             try:
-                key = json.dumps(_what(build_config(cfg).model_dump(mode="json")), sort_keys=True)
+                key = json.dumps(
+                    result_defining(build_config(cfg).model_dump(mode="json")), sort_keys=True
+                )
             except UserError:
                 continue  # a run of an older config schema
             found.setdefault(key, res.parent)
@@ -395,7 +396,7 @@ def reuse_finished(sweep: Sweep, sources: list[str | Path]) -> int:
         dest = sweep.out / r.name
         if _finished_config(dest) is not None:
             continue
-        key = json.dumps(_what(r.config.model_dump(mode="json")), sort_keys=True)
+        key = json.dumps(result_defining(r.config.model_dump(mode="json")), sort_keys=True)
         if key in found and found[key].resolve() != dest.resolve():
             if dest.exists():
                 shutil.rmtree(dest)
@@ -423,7 +424,7 @@ def mark_finished(sweep: Sweep) -> None:
             have = build_config(old).model_dump(mode="json")
         except UserError:
             have = old
-        diff = _first_difference(_what(have), _what(want))
+        diff = _first_difference(result_defining(have), result_defining(want))
         if diff is not None:
             raise UserError(
                 f"{sweep.out / r.name}",
