@@ -111,7 +111,13 @@ def test_harmony_resumes_bit_for_bit_from_inside_its_last_stage(tmp_path) -> Non
 
 
 def test_a_nan_peer_is_dropped_across_processes(tmp_path) -> None:
-    sets = ("train.rounds=4", "train.eval_every=2", "attack.kind=nan", "attack.fraction=0.34")
+    sets = (
+        "train.rounds=4",
+        "train.eval_every=2",
+        "attack.kind=nan",
+        "attack.fraction=0.34",
+        "engine.dtype=float64",
+    )
     ref = run(quick_config(*sets, "engine.name=reference"), tmp_path / "ref", progress=False)
     res = launch(2, tmp_path / "dist", sets)
     assert res["dropped_messages"] == ref["dropped_messages"] > 0

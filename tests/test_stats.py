@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from parse_dfl.experiments.convergence import convergence
+from parse_dfl.experiments.convergence import convergence, flat_from
 from parse_dfl.experiments.stats import paired_by_seed, paired_difference
 
 
@@ -82,6 +82,20 @@ def test_a_run_too_short_for_the_rule_says_so() -> None:
     assert c.flat is None and math.isnan(c.gain)
     assert c.final == pytest.approx(100 * np.mean([0.5 + 0.01 * i for i in range(3, 8)]))
     assert convergence([]).flat is None
+
+
+def test_flat_from_is_the_first_round_after_which_the_curve_stays_flat() -> None:
+    """A curve that climbs 1 point a round until round 30 and is level after: cut at round
+    R it is flat once the mean of rounds R-24..R-20 is within 0.3 points of the plateau:
+    R = 53 (rounds 29..33 average 29.8 against the plateau's 30: a gain of 0.2), not R = 52
+    (rounds 28..32: 29.4, a gain of 0.6); a late bump makes it start over."""
+    plateau = [min(0.3, 0.01 * t) for t in range(1, 81)]
+    assert flat_from(_history(plateau)) == 53
+    assert convergence(_history(plateau[:52])).flat is False
+    bumped = plateau[:70] + [0.32] * 10  # +2 points at round 71: not flat at the end
+    assert flat_from(_history(bumped)) is None
+    assert flat_from(_history([0.01 * t for t in range(1, 41)])) is None  # still climbing
+    assert flat_from([]) is None
 
 
 def _record(method: str, seed: int, acc: float, history: list[tuple[int, float]] | None = None):

@@ -342,6 +342,11 @@ class EngineConfig(Section):
         description="engine that runs the rounds: batched (default), reference (the plain "
         "per-agent loop, the specification) or distributed (torchrun)",
     )
+    shard_engine: Literal["batched", "reference"] = Field(
+        "batched",
+        description="with engine.name distributed: the engine that runs each process's own "
+        "agents (batched: stacked in cohorts; reference: the plain per-agent loop)",
+    )
     device: str = Field(
         "cpu",
         description="torch device: cpu, cuda, cuda:N, mps, or auto (cuda if available, else "

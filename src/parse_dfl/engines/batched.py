@@ -70,6 +70,8 @@ class BatchedEngine(CohortGossip, CohortEvaluation, Engine):
     # --- building -------------------------------------------------------------------------
 
     def adopt(self, models: list[nn.Module]) -> None:
+        if not hasattr(self, "mine"):
+            self.mine = list(range(len(models)))  # the agents this process trains
         self.models = models
         s = self.setup
         n = len(s.agents)
@@ -85,13 +87,15 @@ class BatchedEngine(CohortGossip, CohortEvaluation, Engine):
         self._restack()
 
     def _restack(self) -> None:
-        """(Re)build the cohorts from the agents' modules, fresh optimisers and group plans."""
+        """(Re)build the cohorts from this process's agents' modules, fresh optimisers and
+        group plans."""
         s = self.setup
         by_key: dict[tuple, list[int]] = {}
-        for agent, model in zip(s.agents, self.models, strict=True):
-            by_key.setdefault(structure_key(model, agent.modalities), []).append(agent.id)
+        for a in self.mine:
+            key = structure_key(self.models[a], s.agents[a].modalities)
+            by_key.setdefault(key, []).append(a)
         self.cohorts: list[Cohort] = []
-        self.where = np.zeros((len(s.agents), 2), dtype=np.int64)  # agent -> (cohort, row)
+        self.where = np.full((len(s.agents), 2), -1, dtype=np.int64)  # agent -> (cohort, row)
         for ci, ids in enumerate(by_key.values()):
             self.cohorts.append(self._stack(ids))
             for r, a in enumerate(ids):
@@ -280,11 +284,20 @@ class BatchedEngine(CohortGossip, CohortEvaluation, Engine):
         grads, losses = c.grad_fn(train, rest, x, y)
         return {n[len("model.") :]: g for n, g in grads.items()}, losses
 
+    def reset_local_state(self) -> None:
+        """The models were replaced or reloaded: restack them, fresh optimiser state."""
+        self._restack()
+
     def local_round(self, round_: int) -> float:
+        total, count = self.train_shard(round_)
+        return total / max(1, count)
+
+    def train_shard(self, round_: int) -> tuple[float, int]:
+        """Local steps of this process's live agents: (sum of the steps' losses, steps)."""
         s = self.setup
         steps = s.cfg.train.local_steps
         if steps == 0:
-            return 0.0
+            return 0.0, 0
         n = len(s.agents)
         trains = self.faults.trains(round_)
         pos = self.sampler.round(round_).to(s.device)
@@ -330,7 +343,7 @@ class BatchedEngine(CohortGossip, CohortEvaluation, Engine):
                 for _, p in params:
                     p.grad = None
                 losses_pa.append(float(loss.detach()))
-        return (float(total) + sum(losses_pa)) / max(1, count + len(losses_pa))
+        return float(total) + sum(losses_pa), count + len(losses_pa)
 
     def _rows(self, rows: np.ndarray) -> Rows:
         """Cohort rows as a slice when contiguous (views, no copies), else an index tensor."""
@@ -346,54 +359,63 @@ class BatchedEngine(CohortGossip, CohortEvaluation, Engine):
         """Parameter names in the order of the reference's optimiser (blocks, then names)."""
         return [n for names in param_blocks(self.models[a]).values() for n in names]
 
-    def state_dict(self) -> dict[str, Any]:
+    def optimizer_state(self, a: int) -> dict[str, Any]:
+        """Agent `a`'s optimiser state as torch.optim's state_dict would hold it."""
         s = self.setup
         train = s.cfg.train
-        optimizers = []
-        for a, model in enumerate(self.models):
-            ci, r = (int(v) for v in self.where[a])
-            c = self.cohorts[ci]
-            assert c.opt is not None
-            state: dict[int, dict[str, Any]] = {}
-            for i, n in enumerate(self._optimizer_order(a)):
-                steps = int(c.opt.steps[n][r])
-                if steps == 0:
-                    continue
-                st = c.opt._state(n)
-                if train.optimizer == "adam":
-                    state[i] = {
-                        "step": torch.tensor(float(steps)),
-                        "exp_avg": st[0][r].detach(),
-                        "exp_avg_sq": st[1][r].detach(),
-                    }
-                elif train.momentum != 0:
-                    state[i] = {"momentum_buffer": st[0][r].detach()}
-            scale = {b: s.method.lr_scale(s.agents[a], b) for b in param_blocks(model)}
-            groups = make_optimizer(model, train, scale).state_dict()["param_groups"]
-            optimizers.append({"state": state, "param_groups": groups})
-        return {"models": [m.state_dict() for m in self.models], "optimizers": optimizers}
+        ci, r = (int(v) for v in self.where[a])
+        c = self.cohorts[ci]
+        assert c.opt is not None
+        state: dict[int, dict[str, Any]] = {}
+        for i, n in enumerate(self._optimizer_order(a)):
+            steps = int(c.opt.steps[n][r])
+            if steps == 0:
+                continue
+            st = c.opt._state(n)
+            if train.optimizer == "adam":
+                state[i] = {
+                    "step": torch.tensor(float(steps)),
+                    "exp_avg": st[0][r].detach(),
+                    "exp_avg_sq": st[1][r].detach(),
+                }
+            elif train.momentum != 0:
+                state[i] = {"momentum_buffer": st[0][r].detach()}
+        model = self.models[a]
+        scale = {b: s.method.lr_scale(s.agents[a], b) for b in param_blocks(model)}
+        groups = make_optimizer(model, train, scale).state_dict()["param_groups"]
+        return {"state": state, "param_groups": groups}
+
+    def load_optimizer_state(self, a: int, osd: dict[str, Any]) -> None:
+        """Agent `a`'s optimiser state from torch.optim's state_dict form."""
+        adam = self.setup.cfg.train.optimizer == "adam"
+        ci, r = (int(v) for v in self.where[a])
+        c = self.cohorts[ci]
+        assert c.opt is not None
+        order = self._optimizer_order(a)
+        for i, st in osd["state"].items():
+            n = order[int(i)]
+            if adam:
+                c.opt.steps[n][r] = int(float(st["step"]))
+                m, v = c.opt._state(n)
+                m[r].copy_(st["exp_avg"])
+                v[r].copy_(st["exp_avg_sq"])
+            elif st.get("momentum_buffer") is not None:
+                c.opt.steps[n][r] = max(1, int(c.opt.steps[n][r]))
+                c.opt._state(n)[0][r].copy_(st["momentum_buffer"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "models": [m.state_dict() for m in self.models],
+            "optimizers": [self.optimizer_state(a) for a in range(len(self.models))],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._restack()
         with torch.no_grad():
             for model, sd in zip(self.models, state["models"], strict=True):
                 model.load_state_dict(sd)
-        adam = self.setup.cfg.train.optimizer == "adam"
         for a, osd in enumerate(state["optimizers"]):
-            ci, r = (int(v) for v in self.where[a])
-            c = self.cohorts[ci]
-            assert c.opt is not None
-            order = self._optimizer_order(a)
-            for i, st in osd["state"].items():
-                n = order[int(i)]
-                if adam:
-                    c.opt.steps[n][r] = int(float(st["step"]))
-                    m, v = c.opt._state(n)
-                    m[r].copy_(st["exp_avg"])
-                    v[r].copy_(st["exp_avg_sq"])
-                elif st.get("momentum_buffer") is not None:
-                    c.opt.steps[n][r] = max(1, int(c.opt.steps[n][r]))
-                    c.opt._state(n)[0][r].copy_(st["momentum_buffer"])
+            self.load_optimizer_state(a, osd)
 
     # --- access ---------------------------------------------------------------------------
 

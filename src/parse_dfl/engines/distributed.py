@@ -1,7 +1,9 @@
 """The distributed engine: agents split into contiguous shards, one shard per process of a
 `torch.distributed` job (gloo on CPU, nccl on CUDA), launched by `torchrun`.
 
-Inside a process the shard runs the reference engine's round (its own agents' local steps).
+Inside a process the shard's local steps and evaluation are run by a one-process engine,
+`engine.shard_engine`: the batched engine (default: the process's agents stacked in cohorts)
+or the reference loop.
 Gossip sends only what a neighbour on another process needs: for each holder group, the rows
 of holders that have a cross-process edge in this round's mixing matrix. Every process
 derives the same topology, faults, attackers, batches and mixing matrices from the seed, so
@@ -19,7 +21,7 @@ import os
 import socket
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -27,12 +29,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from parse_dfl.engines.base import EngineResult
+from parse_dfl.engines.base import Engine, EngineResult
+from parse_dfl.engines.batched import BatchedEngine
 from parse_dfl.engines.receive import intact, receive
 from parse_dfl.engines.reference import ReferenceEngine
 from parse_dfl.engines.setup import Setup, build_model, common_init
 from parse_dfl.errors import UserError
-from parse_dfl.evaluation import accuracy
 
 
 def ensure_process_group(device: torch.device) -> None:
@@ -108,8 +110,26 @@ class _Exchange:
                 lists[r].sort()
 
 
-class DistributedEngine(ReferenceEngine):
+class DistributedEngine(Engine):
+    """The sharding and the exchanges. `DistributedEngine(setup)` makes the variant whose
+    shards run `engine.shard_engine` (the classes at the end of this file)."""
+
     name = "distributed"
+    mine: list[int]
+    models: list[nn.Module]
+    params: list[dict[str, nn.Parameter]]
+
+    def __new__(cls, setup: Setup) -> DistributedEngine:
+        if cls is DistributedEngine:
+            cls = _SHARD_ENGINES[setup.cfg.engine.shard_engine]
+        return super().__new__(cls)
+
+    if TYPE_CHECKING:  # the shard engine's hooks (ReferenceEngine's or BatchedEngine's)
+
+        def reset_local_state(self) -> None: ...
+        def train_shard(self, round_: int) -> tuple[float, int]: ...
+        def optimizer_state(self, a: int) -> dict[str, Any]: ...
+        def load_optimizer_state(self, a: int, osd: dict[str, Any]) -> None: ...
 
     def __init__(self, setup: Setup) -> None:
         ensure_process_group(setup.device)
@@ -155,17 +175,21 @@ class DistributedEngine(ReferenceEngine):
         super().regroup(models)
         self._static_plan = None  # new holder groups: who sends what changes
 
+    def _replan(self) -> None:
+        """The batched engine's in-process gossip plans: not used here (gossip crosses
+        processes, below)."""
+
     # --- collectives ------------------------------------------------------------------
     def _gather_states(self, everyone: bool) -> list[Any] | None:
         """Every agent's (model, optimiser) state, in agent order: on every process, or on
         process 0 only (None elsewhere)."""
-        mine = {}
-        for a in self.shard:
-            opt = self.optimizers[a]
-            mine[a] = (
+        mine = {
+            a: (
                 {k: v.detach().cpu() for k, v in self.models[a].state_dict().items()},
-                opt.state_dict() if opt is not None else None,
+                self.optimizer_state(a),
             )
+            for a in self.shard
+        }
         parts: list[Any] = [None] * self.world
         if everyone:
             dist.all_gather_object(parts, mine)
@@ -205,15 +229,15 @@ class DistributedEngine(ReferenceEngine):
         self.regroup(models)
         self.models = self._drop_remote(models)
         self.params = [dict(m.named_parameters()) for m in self.models]
-        self._make_optimizers()
+        self.reset_local_state()
 
     def local_round(self, round_: int) -> float:
-        losses = self.train_agents(round_)
-        total = torch.tensor([sum(losses), float(len(losses))], dtype=torch.float64)
+        loss, steps = self.train_shard(round_)
+        total = torch.tensor([loss, float(steps)], dtype=torch.float64)
         dist.all_reduce(total)
         return float(total[0] / max(1.0, float(total[1])))
 
-    def _plan(self, round_: int) -> _Exchange:
+    def _exchange_plan(self, round_: int) -> _Exchange:
         if not self.schedule.static:
             return _Exchange(self, round_)
         if self._static_plan is None:
@@ -291,7 +315,7 @@ class DistributedEngine(ReferenceEngine):
     def gossip(self, round_: int) -> None:
         """Send what neighbours on other processes need, then each own holder receives
         through engines/receive.py (checks, weights returned for dropped messages, rule)."""
-        plan = self._plan(round_)
+        plan = self._exchange_plan(round_)
         own_rows: dict[tuple[int, int], torch.Tensor] = {}
         outgoing: dict[tuple[int, int], torch.Tensor] = {}
         for k, g in enumerate(self.groups):
@@ -367,13 +391,8 @@ class DistributedEngine(ReferenceEngine):
 
     def evaluate(self) -> tuple[list[float], list[float]]:
         s = self.setup
-        mine = {
-            a: (
-                accuracy(s.method, self.models[a], s.agents[a].modalities, s.x, s.y, s.global_test),
-                accuracy(s.method, self.models[a], s.agents[a].modalities, s.x, s.y, s.test_idx[a]),
-            )
-            for a in self.shard
-        }
+        glob, loc = super().evaluate()  # type: ignore[safe-super]  # the shard engine's
+        mine = {a: (glob[a], loc[a]) for a in self.shard}
         parts: list[Any] = [None] * self.world
         dist.all_gather_object(parts, mine)
         merged: dict[int, tuple[float, float]] = {}
@@ -390,13 +409,12 @@ class DistributedEngine(ReferenceEngine):
         return {"models": [sd for sd, _ in states], "optimizers": [o for _, o in states]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for a in self.shard:
+                self.models[a].load_state_dict(state["models"][a])
+        self.reset_local_state()
         for a in self.shard:
-            self.models[a].load_state_dict(state["models"][a])
-        self._make_optimizers()
-        for a in self.shard:
-            opt = self.optimizers[a]
-            assert opt is not None
-            opt.load_state_dict(state["optimizers"][a])
+            self.load_optimizer_state(a, state["optimizers"][a])
 
     def save_checkpoint(self, path: Path, round_: int, loop: dict[str, Any]) -> None:
         """Process 0 writes one checkpoint of every agent (the reference engine's format, so
@@ -442,3 +460,17 @@ class DistributedEngine(ReferenceEngine):
             }
         )
         return res
+
+
+class _ReferenceShards(DistributedEngine, ReferenceEngine):
+    """Each process runs its agents with the reference loop (`engine.shard_engine: reference`)."""
+
+
+class _BatchedShards(DistributedEngine, BatchedEngine):
+    """Each process runs its agents with the batched engine (`engine.shard_engine: batched`)."""
+
+
+_SHARD_ENGINES: dict[str, type[DistributedEngine]] = {
+    "reference": _ReferenceShards,
+    "batched": _BatchedShards,
+}

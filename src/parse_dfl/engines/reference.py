@@ -78,9 +78,28 @@ class ReferenceEngine(Engine):
             assert opt is not None
             opt.load_state_dict(sd)
 
+    def reset_local_state(self) -> None:
+        """The models were replaced or reloaded: fresh optimisers."""
+        self._make_optimizers()
+
+    def optimizer_state(self, a: int) -> dict[str, Any]:
+        opt = self.optimizers[a]
+        assert opt is not None
+        return opt.state_dict()
+
+    def load_optimizer_state(self, a: int, osd: dict[str, Any]) -> None:
+        opt = self.optimizers[a]
+        assert opt is not None
+        opt.load_state_dict(osd)
+
     def local_round(self, round_: int) -> float:
         losses = self.train_agents(round_)
         return sum(losses) / max(1, len(losses))
+
+    def train_shard(self, round_: int) -> tuple[float, int]:
+        """Local steps of this process's live agents: (sum of the steps' losses, steps)."""
+        losses = self.train_agents(round_)
+        return sum(losses), len(losses)
 
     def train_agents(self, round_: int) -> list[float]:
         """Local steps of this process's live agents; every step's training loss."""
@@ -129,13 +148,11 @@ class ReferenceEngine(Engine):
                     offset += p.numel()
 
     def evaluate(self) -> tuple[list[float], list[float]]:
+        """(global, local) test accuracy of this process's agents (0 for any other's)."""
         s = self.setup
-        glob, loc = [], []
-        for a, agent in enumerate(s.agents):
-            glob.append(
-                accuracy(s.method, self.models[a], agent.modalities, s.x, s.y, s.global_test)
-            )
-            loc.append(
-                accuracy(s.method, self.models[a], agent.modalities, s.x, s.y, s.test_idx[a])
-            )
+        glob, loc = [0.0] * len(s.agents), [0.0] * len(s.agents)
+        for a in self.mine:
+            agent, model = s.agents[a], self.models[a]
+            glob[a] = accuracy(s.method, model, agent.modalities, s.x, s.y, s.global_test)
+            loc[a] = accuracy(s.method, model, agent.modalities, s.x, s.y, s.test_idx[a])
         return glob, loc

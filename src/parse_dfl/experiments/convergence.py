@@ -69,3 +69,22 @@ def convergence(
     gain = _smoothed(rounds, acc, end, last) - earlier if enough else math.nan
     reach = next((t for t, a in points if a >= REACH * final), None)
     return Convergence(gain < tol if enough else None, gain, final, reach)
+
+
+def flat_from(
+    history: Sequence[dict[str, Any]],
+    key: str = "mean_accuracy",
+    last: int = LAST,
+    window: int = WINDOW,
+    tol: float = TOL,
+) -> int | None:
+    """The first evaluated round R such that the curve cut at R, and at every later
+    evaluation, is flat by the rule: from R on, more rounds would not have changed the
+    verdict. None when the whole curve is not flat (or too short to tell)."""
+    seen = sorted((int(h["round"]), h) for h in history if key in h)
+    first = None
+    for i in range(len(seen) - 1, -1, -1):
+        if not convergence([h for _, h in seen[: i + 1]], key, last, window, tol).flat:
+            break
+        first = seen[i][0]
+    return first

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from parse_dfl.errors import UserError
-from parse_dfl.experiments.convergence import REACH, convergence, rule_text
+from parse_dfl.experiments.convergence import REACH, convergence, flat_from, rule_text
 from parse_dfl.experiments.stats import PairedDifference, paired_by_seed
 from parse_dfl.experiments.sweep import slug
 from parse_dfl.files import atomic_write_text
@@ -1218,6 +1218,63 @@ def _convergence_cells(runs: list[RunRecord], key: str) -> tuple[str, str, str]:
     return flat, gain, _fmt(reach, 0)
 
 
+def _flat_from_cell(runs: list[RunRecord], key: str) -> str:
+    """The latest round from which a method's curve stays flat, over its seeds ("not yet"
+    when some seed's curve has not flattened; "–" when no run has the curve)."""
+    curves = [r.res.get("history", []) for r in runs]
+    curves = [h for h in curves if any(key in e for e in h)]
+    if not curves:
+        return "–"
+    found = [flat_from(h, key) for h in curves]
+    return "not yet" if any(f is None for f in found) else str(max(f for f in found if f))
+
+
+def _flat_from_lines(col: Collection, groups: list) -> list[str]:
+    """Per setting: from which round every method's curve stays flat, on the validation
+    curves when the runs have them (how a benchmark's number of rounds is chosen without
+    the test split), else on the test curves."""
+    val = any(
+        "mean_val_accuracy" in e
+        for _, runs in groups
+        for r in runs
+        for e in r.res.get("history", [])
+    )
+    keys = (
+        ("mean_val_accuracy", "mean_val_local_accuracy")
+        if val
+        else (
+            "mean_accuracy",
+            "mean_local_accuracy",
+        )
+    )
+    what = "validation" if val else "test"
+    md = [
+        f"Flat from (on the {what} curves): the first round from which the curve, cut there "
+        "or at any later evaluation, is flat by the rule (the latest over seeds; not yet: a "
+        "seed's curve is not flat at its end).",
+        "",
+        f"| setting | method | flat from, {what} global | flat from, {what} local |",
+        "|---|---|---|---|",
+    ]
+    for group, runs in groups:
+        worst: list[int | None] = []
+        for m in method_order({r.method for r in runs}):
+            mine = [r for r in runs if r.method == m]
+            cells = [_flat_from_cell(mine, k) for k in keys]
+            worst += [int(c) if c.isdigit() else None for c in cells if c != "–"]
+            md.append(
+                f"| {group_label(col, group)} | {method_label(m)} | {cells[0]} | {cells[1]} |"
+            )
+        if worst:
+            told = (
+                "not every curve is flat yet"
+                if None in worst
+                else (f"every method's curve is flat from round {max(w for w in worst if w)}")
+            )
+            md.append(f"| {group_label(col, group)} | **all** | {told} | |")
+    return md + [""]
+
+
 def _convergence_section(col: Collection, groups: list) -> list[str]:
     """Per setting and method: has the curve flattened (a stated rule), and how fast it rose."""
     md = ["## Convergence", ""]
@@ -1241,4 +1298,4 @@ def _convergence_section(col: Collection, groups: list) -> list[str]:
                 f"| {group_label(col, group)} | {method_label(m)} | {g[0]} | {lo[0]} | {g[1]} "
                 f"| {lo[1]} | {g[2]} | {lo[2]} |"
             )
-    return md + [""]
+    return md + [""] + _flat_from_lines(col, groups)
