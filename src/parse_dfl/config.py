@@ -327,6 +327,12 @@ class TrainConfig(Section):
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd: momentum")
     weight_decay: float = Field(0.0, ge=0, description="weight decay")
     eval_every: int = Field(5, ge=1, description="evaluate every this many rounds (and the last)")
+    eval_missing: bool = Field(
+        True,
+        description="at the end of a run, score every multimodal agent on the global test set "
+        "with each of its modalities absent (a failed sensor; `parse-dfl missing`), into "
+        "results.json `missing_modality`",
+    )
     eval_global_samples: int = Field(
         0,
         ge=0,

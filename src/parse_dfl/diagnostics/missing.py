@@ -39,39 +39,33 @@ def run_folders(path: str | Path) -> list[Path]:
     return found or [path]
 
 
-def missing_modality_accuracy(run_dir: str | Path) -> dict[str, Any]:
-    """Accuracy of a run's multimodal agents with all modalities and with each one dropped.
-
-    Returns a dict: run_dir, method, dataset, modalities (of the dataset), global_test_size,
-    agents [{id, type, modalities, all, dropped: {m: accuracy without m}}] (multimodal agents
-    only), by_type {type: {all, dropped: {m: ...}}}, mean {all, dropped: {m: mean over the
-    multimodal agents holding m}} and unimodal {m: mean accuracy of the run's agents that hold
-    only m, for scale; absent if there are none}. Accuracies are shares in [0, 1].
-
-    Raises UserError for a folder that is not a finished run, or a run without a multimodal
-    agent.
-    """
-    from parse_dfl.errors import UserError
+def missing_modality(setup: Any, models: list[Any]) -> dict[str, Any] | None:
+    """What `missing_modality_accuracy` measures, on a setup and its agents' trained models
+    (None when no agent is multimodal): modalities, global_test_size, agents, by_type, mean
+    and unimodal, as described there. The models are left as they were."""
     from parse_dfl.evaluation import accuracy
-    from parse_dfl.experiments.run import load_run
     from parse_dfl.models.monolithic import FusionClassifier
 
-    results, setup, models = load_run(run_dir)
     s = setup
     rows: list[dict[str, Any]] = []
     unimodal: dict[str, list[float]] = defaultdict(list)
     for agent, model in zip(s.agents, models, strict=True):
         mods = list(agent.modalities)
-        if isinstance(model, FusionClassifier):
-            model.held = frozenset(mods)  # a held modality absent from x: a failed sensor
         if len(mods) < 2:
             unimodal[mods[0]].append(accuracy(s.method, model, mods, s.x, s.y, s.global_test))
             continue
-        full = accuracy(s.method, model, mods, s.x, s.y, s.global_test)
-        dropped = {
-            m: accuracy(s.method, model, [k for k in mods if k != m], s.x, s.y, s.global_test)
-            for m in mods
-        }
+        saved = getattr(model, "held", None)
+        if isinstance(model, FusionClassifier):
+            model.held = frozenset(mods)  # a held modality absent from x: a failed sensor
+        try:
+            full = accuracy(s.method, model, mods, s.x, s.y, s.global_test)
+            dropped = {
+                m: accuracy(s.method, model, [k for k in mods if k != m], s.x, s.y, s.global_test)
+                for m in mods
+            }
+        finally:
+            if isinstance(model, FusionClassifier):
+                model.held = saved
         rows.append(
             {
                 "id": agent.id,
@@ -82,7 +76,7 @@ def missing_modality_accuracy(run_dir: str | Path) -> dict[str, Any]:
             }
         )
     if not rows:
-        raise UserError(str(run_dir), "the run has no multimodal agent")
+        return None
 
     def summary(group: list[dict[str, Any]]) -> dict[str, Any]:
         per_mod: dict[str, list[float]] = defaultdict(list)
@@ -99,15 +93,39 @@ def missing_modality_accuracy(run_dir: str | Path) -> dict[str, Any]:
     for r in rows:
         types[r["type"]].append(r)
     return {
-        "run_dir": str(run_dir),
-        "method": results["method"],
-        "dataset": results.get("dataset"),
         "modalities": list(s.data.modalities),
         "global_test_size": int(len(s.global_test)),
         "agents": rows,
         "by_type": {t: summary(g) for t, g in types.items()},
         "mean": summary(rows),
         "unimodal": {m: float(np.mean(unimodal[m])) for m in s.data.modalities if m in unimodal},
+    }
+
+
+def missing_modality_accuracy(run_dir: str | Path) -> dict[str, Any]:
+    """Accuracy of a run's multimodal agents with all modalities and with each one dropped.
+
+    Returns a dict: run_dir, method, dataset, modalities (of the dataset), global_test_size,
+    agents [{id, type, modalities, all, dropped: {m: accuracy without m}}] (multimodal agents
+    only), by_type {type: {all, dropped: {m: ...}}}, mean {all, dropped: {m: mean over the
+    multimodal agents holding m}} and unimodal {m: mean accuracy of the run's agents that hold
+    only m, for scale; absent if there are none}. Accuracies are shares in [0, 1].
+
+    Raises UserError for a folder that is not a finished run, or a run without a multimodal
+    agent.
+    """
+    from parse_dfl.errors import UserError
+    from parse_dfl.experiments.run import load_run
+
+    results, setup, models = load_run(run_dir)
+    found = missing_modality(setup, models)
+    if found is None:
+        raise UserError(str(run_dir), "the run has no multimodal agent")
+    return {
+        "run_dir": str(run_dir),
+        "method": results["method"],
+        "dataset": results.get("dataset"),
+        **found,
     }
 
 

@@ -534,6 +534,7 @@ def write_report(
     md += _paired_section(col, groups)
     md += _bytes_section(col, groups, fig_dir, here)
     md += _convergence_section(col, groups)
+    md += _missing_section(col, groups)
 
     # accuracy vs each varying key
     if col.group_keys:
@@ -1199,6 +1200,71 @@ def _bytes_section(col: Collection, groups: list, fig_dir: Path, here: Path) -> 
             md += [""]
         if path is not None:
             md += [img_line(path, here, f"accuracy for the bytes spent, {label}"), ""]
+    return md
+
+
+def _missing_by_seed(runs: list[RunRecord], method: str, column: str) -> dict[int, float]:
+    """seed -> mean accuracy (%) of `method`'s multimodal agents, with every modality
+    (column 'all') or without one (column = that modality), from results.json
+    `missing_modality` (train.eval_missing)."""
+    found: dict[int, list[float]] = defaultdict(list)
+    for r in runs:
+        mm = r.res.get("missing_modality")
+        if r.method != method or not mm:
+            continue
+        v = mm["mean"]["all"] if column == "all" else mm["mean"]["dropped"].get(column)
+        if v is not None:
+            found[r.seed].append(100 * float(v))
+    return {seed: float(np.mean(v)) for seed, v in found.items()}
+
+
+def _missing_section(col: Collection, groups: list) -> list[str]:
+    """A sensor fails at test time: the multimodal agents' global accuracy with every modality
+    and with each one absent, per method over seeds; ours minus the best baseline, paired."""
+    md: list[str] = []
+    for group, runs in groups:
+        have = [r for r in runs if r.res.get("missing_modality")]
+        if not have:
+            continue
+        mods = list(
+            dict.fromkeys(m for r in have for m in r.res["missing_modality"]["mean"]["dropped"])
+        )
+        columns = ["all", *mods]
+        heads = ["every modality", *[f"without {m}" for m in mods]]
+        methods = method_order({r.method for r in have})
+        if not md:
+            md = [
+                "## A sensor fails at test time",
+                "",
+                "Global-protocol accuracy (%) of the multimodal agents with every modality and "
+                "with one absent at test time (nothing retrained; results.json "
+                "`missing_modality`, `train.eval_missing`), mean ± std over seeds. Below each "
+                "table: ours minus the best baseline in that column, paired over seeds, with "
+                "its 95 % t interval, as in the paired section.",
+                "",
+            ]
+        md += [f"**{group_label(col, group)}**", "", "| method | " + " | ".join(heads) + " |"]
+        md += ["|---|" + "---|" * len(heads)]
+        table = {m: {c: _missing_by_seed(have, m, c) for c in columns} for m in methods}
+        for m in methods:
+            cells = [_fmt(mean_std(list(table[m][c].values()))) for c in columns]
+            md.append(f"| {method_label(m)} | " + " | ".join(cells) + " |")
+        for ours in (m for m in methods if m in OURS):
+            cells = []
+            for c in columns:
+                best = max(
+                    (b for b in methods if is_baseline(b) and table[b][c]),
+                    key=lambda b: float(np.mean(list(table[b][c].values()))),
+                    default=None,
+                )
+                if best is None:
+                    cells.append("no baseline")
+                    continue
+                d = paired_by_seed(table[ours][c], table[best][c])
+                cell = PairedCell(ours, "global", c, best, d)
+                cells.append(paired_text(cell))
+            md.append(f"| {ours} − best baseline | " + " | ".join(cells) + " |")
+        md += [""]
     return md
 
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from parse_dfl import registry
 from parse_dfl.config import Config, build_config
+from parse_dfl.diagnostics.missing import missing_modality
 from parse_dfl.engines.base import CHECKPOINT
 from parse_dfl.engines.setup import Setup, build_models, build_setup
 from parse_dfl.errors import UserError
@@ -325,9 +326,18 @@ def run(
     }
     if res.val_accuracy is not None and res.val_local_accuracy is not None:
         add_validation(results, res.val_accuracy, res.val_local_accuracy, setup)
+    multimodal = any(len(a.modalities) > 1 for a in agents)
+    models = (
+        engine.agent_models()  # collective on a distributed engine
+        if out is not None or (cfg.train.eval_missing and multimodal)
+        else []
+    )
+    if cfg.train.eval_missing and multimodal and engine.writes_output:
+        found = missing_modality(setup, models)
+        assert found is not None
+        results["missing_modality"] = {k: found[k] for k in ("by_type", "mean", "unimodal")}
     if out is not None:
         out = Path(out)
-        models = engine.agent_models()  # collective on a distributed engine
         if not engine.writes_output:
             return results
         try:
