@@ -90,9 +90,11 @@ class CohortGossip:
         self._plans = [self._plan(g) for g in self.groups]
         self._mixers: dict[int, tuple[Any, Mixer]] = {}
 
-    def _plan(self, g: Any) -> GroupPlan:
+    def _plan(self, g: Any, holders: list[int] | None = None) -> GroupPlan:
+        """Where group g's rows live in the cohorts: of all its holders, or of `holders` (a
+        subset, in that order: row i of the gathered matrix is holders[i])."""
         per: dict[int, tuple[list[int], list[int]]] = {}
-        for pos, a in enumerate(g.holders):
+        for pos, a in enumerate(g.holders if holders is None else holders):
             ci, r = self.where[a]
             rows, poss = per.setdefault(int(ci), ([], []))
             rows.append(int(r))
@@ -135,14 +137,22 @@ class CohortGossip:
 
     def _gather(self, k: int, offsets: list[tuple[str, int, int]]) -> torch.Tensor:
         """The holders' rows of some of group k's parameters, side by side: (holders, width)."""
-        plan = self._plans[k]
+        return self._gather_plan(self._plans[k], len(self.groups[k].holders), offsets)
+
+    def _gather_plan(
+        self,
+        plan: GroupPlan,
+        n_rows: int,
+        offsets: list[tuple[str, int, int]],
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The rows a plan names, of some of its group's parameters: (n_rows, width), into
+        `out` when given."""
         first = self.cohorts[plan.parts[0].cohort].P[offsets[0][0]]
         base = offsets[0][1]
-        out = torch.empty(
-            (len(self.groups[k].holders), offsets[-1][2] - base),
-            dtype=first.dtype,
-            device=first.device,
-        )
+        if out is None:
+            shape = (n_rows, offsets[-1][2] - base)
+            out = torch.empty(shape, dtype=first.dtype, device=first.device)
         with torch.no_grad():
             for part in plan.parts:
                 c = self.cohorts[part.cohort]
@@ -170,9 +180,15 @@ class CohortGossip:
 
     def _scatter(self, k: int, offsets: list[tuple[str, int, int]], mixed: torch.Tensor) -> None:
         """Write (holders, width) rows of some of group k's parameters back to the cohorts."""
+        self._scatter_plan(self._plans[k], offsets, mixed)
+
+    def _scatter_plan(
+        self, plan: GroupPlan, offsets: list[tuple[str, int, int]], mixed: torch.Tensor
+    ) -> None:
+        """Write the rows a plan names (some of its group's parameters) back to the cohorts."""
         base = offsets[0][1]
         mixed = mixed.to(self.setup.device)
-        for part in self._plans[k].parts:
+        for part in plan.parts:
             c = self.cohorts[part.cohort]
             for n, lo, hi in offsets:
                 flat = c.P[n].view(c.n, -1)

@@ -31,6 +31,7 @@ from torch import nn
 
 from parse_dfl.engines.base import Engine, EngineResult
 from parse_dfl.engines.batched import BatchedEngine
+from parse_dfl.engines.cohort_gossip import Mixer
 from parse_dfl.engines.receive import intact, receive
 from parse_dfl.engines.reference import ReferenceEngine
 from parse_dfl.engines.setup import Setup, build_model, common_init
@@ -251,10 +252,43 @@ class DistributedEngine(Engine):
     def block_rows(self, k: int) -> torch.Tensor:
         """This process's holders' rows of group k (in holder order)."""
         g = self.groups[k]
-        mine = [a for a in g.holders if a in self.shard]
-        if not mine:
+        mine = np.array([q for q, a in enumerate(g.holders) if a in self.shard], dtype=np.int64)
+        if not len(mine):
             return torch.empty(0, g.numel, device=self.setup.device)
-        return torch.stack([self._row(k, a) for a in mine])
+        return self.own_rows(k, mine)
+
+    def _block(self, k: int, rows: int, numel: int) -> torch.Tensor:
+        """Group k's working matrix, kept from round to round: a fresh allocation of this
+        size (hundreds of MB at 1,000 agents) costs its page faults again every round."""
+        cache = self.__dict__.setdefault("_blocks", {})
+        block = cache.get(k)
+        if block is None or block.shape != (rows, numel) or block.dtype != self._dtype:
+            block = torch.empty(rows, numel, dtype=self._dtype, device=self.setup.device)
+            cache[k] = block
+        return block
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return next(self.models[self.shard.start].parameters()).dtype
+
+    def own_rows(
+        self, k: int, positions: np.ndarray, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Rows of group k of the holders at `positions` (this process's), stacked (into
+        `out` when given)."""
+        g = self.groups[k]
+        return torch.stack([self._row(k, g.holders[q]) for q in positions.tolist()], out=out)
+
+    @torch.no_grad()
+    def write_own_rows(self, k: int, positions: np.ndarray, new: torch.Tensor) -> None:
+        """Row i of `new` becomes group k's block of the holder at positions[i]."""
+        g = self.groups[k]
+        for i, q in enumerate(positions.tolist()):
+            a, offset = g.holders[q], 0
+            for n in g.params:
+                p = self.params[a][n]
+                p.copy_(new[i, offset : offset + p.numel()].view_as(p))
+                offset += p.numel()
 
     def _swap(
         self, plan: _Exchange, outgoing: dict[tuple[int, int], torch.Tensor]
@@ -266,7 +300,7 @@ class DistributedEngine(Engine):
         Returns the received rows and the (group, holder) rows that arrived unusable."""
         dev = self.setup.device
         sizes = [g.numel for g in self.groups]
-        dtype = next(self.models[self.shard.start].parameters()).dtype
+        dtype = self._dtype
         bufs = {
             peer: torch.cat([outgoing[item] for item in items]).contiguous()
             for peer, items in plan.send.items()
@@ -316,23 +350,32 @@ class DistributedEngine(Engine):
         """Send what neighbours on other processes need, then each own holder receives
         through engines/receive.py (checks, weights returned for dropped messages, rule)."""
         plan = self._exchange_plan(round_)
-        own_rows: dict[tuple[int, int], torch.Tensor] = {}
+        # per group: (holders this process mixes or needs, numel), own rows written in place
+        blocks: dict[int, torch.Tensor] = {}
         outgoing: dict[tuple[int, int], torch.Tensor] = {}
         for k, g in enumerate(self.groups):
-            mine = plan.mine[k]
+            mine, cols = plan.mine[k], plan.cols[k]
             if not len(mine):
                 continue
-            rows = torch.stack([self._row(k, g.holders[q]) for q in mine])
-            if self.plain_gossip:
-                sent = rows
+            at = np.searchsorted(cols, mine)
+            block = self._block(k, len(cols), g.numel)
+            run = slice(int(at[0]), int(at[-1]) + 1)
+            if at[-1] - at[0] + 1 == len(at):  # a contiguous shard: gathered straight in
+                self.own_rows(k, mine, out=block[run])
             else:
-                # what an attacker sends: corrupt() over all holders with the shared seed, so
-                # its noise is the noise it would draw in one process
-                full = rows.new_zeros(len(g.holders), g.numel)
-                full[torch.as_tensor(mine, device=rows.device)] = rows
-                sent = self.sent(k, round_, full)[torch.as_tensor(mine, device=rows.device)]
+                block[torch.as_tensor(at, device=block.device)] = self.own_rows(k, mine)
+            blocks[k] = block
+            if self.plain_gossip:
+                for i, q in enumerate(mine.tolist()):
+                    outgoing[(k, q)] = block[int(at[i])]  # a view: only sent rows are copied
+                continue
+            # what an attacker sends: corrupt() over all holders with the shared seed, so its
+            # noise is the noise it would draw in one process
+            rows = block[torch.as_tensor(at, device=block.device)]
+            full = rows.new_zeros(len(g.holders), g.numel)
+            full[torch.as_tensor(mine, device=rows.device)] = rows
+            sent = self.sent(k, round_, full)[torch.as_tensor(mine, device=rows.device)]
             for i, q in enumerate(mine.tolist()):
-                own_rows[(k, q)] = rows[i]
                 outgoing[(k, q)] = sent[i]
         got, broken = self._swap(plan, outgoing)
         dropped = 0
@@ -340,27 +383,30 @@ class DistributedEngine(Engine):
             mine, cols = plan.mine[k], plan.cols[k]
             if not len(mine):
                 continue
-            blank = next(iter(own_rows.values())).new_zeros(g.numel)
-
+            own = blocks[k]
             keys = [(k, q) for q in cols.tolist()]
-            own = torch.stack([own_rows.get(key, got.get(key, blank)) for key in keys])
-            sent = (
-                own
-                if self.plain_gossip
-                else torch.stack([outgoing.get(key, got.get(key, blank)) for key in keys])
-            )
+            is_mine = np.isin(cols, mine)
+            for i in np.flatnonzero(~is_mine).tolist():  # a neighbour's row: received, or 0
+                row = got.get(keys[i])
+                own[i] = row if row is not None else 0.0
+            if self.plain_gossip:
+                sent = own
+            else:
+                blank = own.new_zeros(g.numel)
+                sent = torch.stack([outgoing.get(key, got.get(key, blank)) for key in keys])
             ok = intact(sent) & np.array([key not in broken for key in keys])
             W = plan.W[k][mine][:, cols]
             new, d = receive(
-                own, sent, W, self.setup.cfg.robust, me=np.searchsorted(cols, mine), ok=ok
+                own,
+                sent,
+                W,
+                self.setup.cfg.robust,
+                me=np.searchsorted(cols, mine),
+                ok=ok,
+                matmul=_product,
             )
             dropped += d
-            for i, q in enumerate(mine.tolist()):
-                a, offset = g.holders[q], 0
-                for n in g.params:
-                    p = self.params[a][n]
-                    p.copy_(new[i, offset : offset + p.numel()].view_as(p))
-                    offset += p.numel()
+            self.write_own_rows(k, mine, new)
         total = torch.tensor([dropped], dtype=torch.int64, device=self.setup.device)
         dist.all_reduce(total)
         self.dropped += int(total)
@@ -462,12 +508,41 @@ class DistributedEngine(Engine):
         return res
 
 
+def _product(W: sp.csr_matrix, x: torch.Tensor) -> torch.Tensor:
+    """W @ x in the cheapest exact form (a ring's W has 3 entries a row: a dense product
+    of 1,000 holders would do 300 times the arithmetic)."""
+    return Mixer(W, x.device, x.dtype)(x)
+
+
 class _ReferenceShards(DistributedEngine, ReferenceEngine):
     """Each process runs its agents with the reference loop (`engine.shard_engine: reference`)."""
 
 
 class _BatchedShards(DistributedEngine, BatchedEngine):
-    """Each process runs its agents with the batched engine (`engine.shard_engine: batched`)."""
+    """Each process runs its agents with the batched engine (`engine.shard_engine: batched`):
+    a group's own rows are gathered from, and written back to, the cohorts' stacked tensors
+    in a few slices instead of one copy per agent and parameter."""
+
+    def _replan(self) -> None:
+        self._own_plans: dict[tuple[int, bytes], Any] = {}
+
+    def _own_plan(self, k: int, positions: np.ndarray) -> Any:
+        key = (k, positions.tobytes())
+        if key not in self._own_plans:
+            g = self.groups[k]
+            self._own_plans[key] = self._plan(g, [g.holders[q] for q in positions.tolist()])
+        return self._own_plans[key]
+
+    def own_rows(
+        self, k: int, positions: np.ndarray, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        plan = self._own_plan(k, positions)
+        return self._gather_plan(plan, len(positions), plan.offsets, out=out)
+
+    @torch.no_grad()
+    def write_own_rows(self, k: int, positions: np.ndarray, new: torch.Tensor) -> None:
+        plan = self._own_plan(k, positions)
+        self._scatter_plan(plan, plan.offsets, new)
 
 
 _SHARD_ENGINES: dict[str, type[DistributedEngine]] = {
