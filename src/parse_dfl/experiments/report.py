@@ -1323,21 +1323,27 @@ def _flat_from_lines(col: Collection, groups: list) -> list[str]:
         "|---|---|---|---|",
     ]
     for group, runs in groups:
-        worst: list[int | None] = []
+        worst: list[list[int | None]] = [[], []]  # per column: global, local
         for m in method_order({r.method for r in runs}):
             mine = [r for r in runs if r.method == m]
             cells = [_flat_from_cell(mine, k) for k in keys]
-            worst += [int(c) if c.isdigit() else None for c in cells if c != "–"]
+            for col_worst, c in zip(worst, cells, strict=True):
+                if c != "–":
+                    col_worst.append(int(c) if c.isdigit() else None)
             md.append(
                 f"| {group_label(col, group)} | {method_label(m)} | {cells[0]} | {cells[1]} |"
             )
-        if worst:
-            told = (
-                "not every curve is flat yet"
-                if None in worst
-                else (f"every method's curve is flat from round {max(w for w in worst if w)}")
-            )
-            md.append(f"| {group_label(col, group)} | **all** | {told} | |")
+
+        def every(found: list[int | None]) -> str:
+            if not found:
+                return "–"
+            if None in found:
+                return "not every curve"
+            return f"every curve from {max(f for f in found if f is not None)}"
+
+        md.append(
+            f"| {group_label(col, group)} | **all** | {every(worst[0])} | {every(worst[1])} |"
+        )
     return md + [""]
 
 
