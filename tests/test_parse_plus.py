@@ -211,6 +211,7 @@ SWITCHES = [
     "method.plus_synergy_hidden=-1",
     "method.plus_personal_weights=true",
     "method.plus_personal_head=true",
+    "method.plus_local_head=true",
     "method.plus_split=pid",
     "model.ensemble=probs",
 ]
@@ -234,6 +235,29 @@ def test_switches_change_the_model_as_named() -> None:
     assert "personal" in param_blocks(method("method.plus_personal_weights=true").build_model(a))
     assert isinstance(method().build_model(a).fusion, MeanFusion)
     assert isinstance(method("method.plus_fusion=tensor").build_model(a).fusion, TensorFusion)
+
+
+def test_the_local_head_changes_the_local_protocol_only() -> None:
+    """The private correction is trained on detached slices and used only for the local
+    protocol: every shared parameter, every global accuracy and every byte are those of the
+    run without it, bit for bit; the local accuracies are the corrected model's."""
+    sets = ("method.name=parse-plus", "train.rounds=4", "train.eval_every=2")
+    sets += ("partition.name=dirichlet", "partition.alpha=0.3")
+    runs = {}
+    for on in (False, True):
+        cfg = quick_config(*sets, f"method.plus_local_head={str(on).lower()}")
+        engine = ENGINES["reference"](build_setup(cfg))
+        runs[on] = (engine.run(progress=False), engine.agent_models())
+    (plain, plain_models), (local, local_models) = runs[False], runs[True]
+    assert local.test_accuracy == plain.test_accuracy
+    assert (local.bytes_sent == plain.bytes_sent).all()
+    for a, b in zip(plain_models, local_models, strict=True):
+        pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+        assert set(pb) - set(pa) == {"local_head.weight", "local_head.bias"}
+        assert all(torch.equal(pa[n], pb[n]) for n in pa)
+        assert float(pb["local_head.weight"].abs().sum()) > 0  # it trained
+    assert local.local_test_accuracy != plain.local_test_accuracy
+    assert "local" in param_blocks(local_models[0])
 
 
 def test_switched_off_terms_add_nothing() -> None:
@@ -345,6 +369,7 @@ def test_synergy_fusion_fits_a_modular_sum_where_mean_fusion_cannot(
             "method.plus_fusion=mlp",
         ),
         ("method.plus_projectors=true", "method.plus_fusion=tensor", "model.ensemble=probs"),
+        ("method.plus_local_head=true", "partition.name=dirichlet", "partition.alpha=0.3"),
     ],
 )
 def test_batched_engine_matches_reference(switches: tuple[str, ...]) -> None:

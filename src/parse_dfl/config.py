@@ -279,6 +279,12 @@ class MethodConfig(Section):
         description="parse-plus: a private head on all of the agent's slices, never shared, "
         "in the ensemble",
     )
+    plus_local_head: bool = Field(
+        False,
+        description="parse-plus: a private correction of the ensemble, trained on the agent's "
+        "own data (on detached slices: nothing shared changes) and used only under the local "
+        "protocol",
+    )
     plus_split: Literal["fixed", "pid"] = Field(
         "fixed",
         description="parse-plus: slice sizes: model.split (fixed) or its total divided by the "

@@ -29,14 +29,17 @@ def accuracy(
     y: torch.Tensor,
     idx: torch.Tensor,
     chunk: int = 4096,
+    local: bool = False,
 ) -> float:
-    """Share of samples `idx` that the agent's model classifies correctly."""
+    """Share of samples `idx` that the agent's model classifies correctly (`local`: with
+    the method's local-protocol scores, `Method.local_logits`)."""
     was_training = model.training
     model.eval()
     correct = 0
+    score = method.local_logits if local else method.logits
     for start in range(0, len(idx), chunk):
         part = idx[start : start + chunk]
-        logits = method.logits(model, {m: x[m][part] for m in modalities})
+        logits = score(model, {m: x[m][part] for m in modalities})
         correct += int((logits.argmax(dim=-1) == y[part]).sum())
     model.train(was_training)
     return correct / max(1, len(idx))

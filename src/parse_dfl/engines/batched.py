@@ -143,6 +143,7 @@ class BatchedEngine(CohortGossip, CohortEvaluation, Engine):
         c.opt = StackedOptimizer(P, lr, s.cfg.train)
         c.loss_fn = ModelCall(s.method, template, "loss")
         c.logits_fn = ModelCall(s.method, template, "logits")
+        c.local_logits_fn = ModelCall(s.method, template, "local_logits")
         return c
 
     def enter_stage(self, stage: int) -> None:

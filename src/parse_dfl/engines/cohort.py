@@ -81,6 +81,8 @@ class ModelCall(nn.Module):
     def forward(self, x: dict[str, torch.Tensor], y: torch.Tensor | None = None) -> torch.Tensor:
         if self._what == "loss":
             return self._method.loss(self.model, x, y)
+        if self._what == "local_logits":
+            return self._method.local_logits(self.model, x)
         return self._method.logits(self.model, x)
 
 
@@ -103,6 +105,7 @@ class Cohort:
     opt: StackedOptimizer | None = None
     loss_fn: ModelCall | None = None
     logits_fn: ModelCall | None = None
+    local_logits_fn: ModelCall | None = None  # the local protocol's scores
     grad_fn: Any = None
 
     @property

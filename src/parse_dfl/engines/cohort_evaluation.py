@@ -32,12 +32,16 @@ class CohortEvaluation:
         raise NotImplementedError  # BatchedEngine's
 
     def _logits_vmapped(self, c: Cohort, rows: slice, x: dict, shared: bool) -> torch.Tensor:
+        """Scores of cohort rows `rows`: on samples all of them see (`shared`: the global
+        protocol, `method.logits`) or on each one's own samples (x with a leading agent axis:
+        the local protocol, `method.local_logits`)."""
         params = {f"model.{n}": c.P[n][rows] for n in c.names}
         params |= {f"model.{n}": b[rows] for n, b in c.B.items()}
+        call = c.logits_fn if shared else c.local_logits_fn
 
         def logits_of(p: dict, xx: dict) -> torch.Tensor:
-            assert c.logits_fn is not None
-            return functional_call(c.logits_fn, p, (xx,))
+            assert call is not None
+            return functional_call(call, p, (xx,))
 
         fn = vmap(logits_of, in_dims=(0, None if shared else 0), randomness="error")
         return fn(params, x)
@@ -50,10 +54,12 @@ class CohortEvaluation:
         part = s.global_test[: min(64, len(s.global_test))]
         x = {m: s.x[m][part] for m in c.modalities}
         k = min(2, c.n)
+        own_x = {m: v.unsqueeze(0).expand(k, *v.shape) for m, v in x.items()}
         try:
             c.template.eval()
             with torch.no_grad(), self._rng_untouched():
                 got = self._logits_vmapped(c, slice(0, k), x, shared=True)
+                got_local = self._logits_vmapped(c, slice(0, k), own_x, shared=False)
         except Exception as e:  # noqa: BLE001
             c.eval_mode = "fallback"
             warnings.warn(
@@ -70,8 +76,12 @@ class CohortEvaluation:
             model.eval()
             with torch.no_grad(), self._rng_untouched():
                 want = s.method.logits(model, x)
+                want_local = s.method.local_logits(model, x)
             model.train()
-            if not torch.allclose(got[r], want, rtol=1e-4, atol=1e-4):
+            if not (
+                torch.allclose(got[r], want, rtol=1e-4, atol=1e-4)
+                and torch.allclose(got_local[r], want_local, rtol=1e-4, atol=1e-4)
+            ):
                 c.eval_mode = "fallback"
                 warnings.warn(
                     f"batched engine: evaluation of agents {c.ids[:3]} runs per agent: vmapped "
@@ -174,7 +184,9 @@ class CohortEvaluation:
                     agent = s.agents[a]
                     model = self.models[a]
                     glob[a] = accuracy(s.method, model, agent.modalities, s.x, s.y, s.global_test)
-                    loc[a] = accuracy(s.method, model, agent.modalities, s.x, s.y, s.test_idx[a])
+                    loc[a] = accuracy(
+                        s.method, model, agent.modalities, s.x, s.y, s.test_idx[a], local=True
+                    )
                 continue
             g = self._correct(c, shared=True).tolist()
             lo = self._correct(c, shared=False).tolist()

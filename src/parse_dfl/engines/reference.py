@@ -154,5 +154,7 @@ class ReferenceEngine(Engine):
         for a in self.mine:
             agent, model = s.agents[a], self.models[a]
             glob[a] = accuracy(s.method, model, agent.modalities, s.x, s.y, s.global_test)
-            loc[a] = accuracy(s.method, model, agent.modalities, s.x, s.y, s.test_idx[a])
+            loc[a] = accuracy(
+                s.method, model, agent.modalities, s.x, s.y, s.test_idx[a], local=True
+            )
         return glob, loc

@@ -63,6 +63,12 @@ class Method(ABC):
     def logits(self, model: nn.Module, x: dict[str, torch.Tensor]) -> torch.Tensor:
         """Class scores (argmax = prediction) from the agent's own modalities."""
 
+    def local_logits(self, model: nn.Module, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Class scores under the *local* protocol (the agent on its own test data): a
+        method may add what it learned of its own data there (a private head, say). Every
+        engine scores the local protocol with this and the global one with `logits`."""
+        return self.logits(model, x)
+
     @abstractmethod
     def share_plan(self, agent: AgentSpec, model: nn.Module) -> SharePlan:
         """Block name -> Share (averaged with other holders) or None (kept local)."""

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from parse_dfl.config import Config
 from parse_dfl.data.base import MultimodalDataset
@@ -130,6 +131,7 @@ class ParsePlusMethod(ParseMethod):
             discriminator=len(self.modalities) if mc.plus_discriminator else 0,
             personal_weights=mc.plus_personal_weights,
             personal_head=mc.plus_personal_head,
+            local_head=mc.plus_local_head,
             ensemble=mo.ensemble,
             encoder=mo.encoder,
         )
@@ -166,7 +168,26 @@ class ParsePlusMethod(ParseMethod):
             total = total + mc.plus_gamma * self.dependence(out)
         if model.discriminator is not None and mc.plus_delta > 0:
             total = total + mc.plus_delta * self.discrimination(model, out)
+        if model.local_head is not None:
+            total = total + F.cross_entropy(self.corrected(model, out, detach=True), y)
         return total
+
+    @staticmethod
+    def corrected(model: ParsePlusModel, out: ParseOutput, detach: bool = False) -> torch.Tensor:
+        """The ensemble plus the agent's private correction (`method.plus_local_head`). Trained
+        on detached inputs, its loss reaches only the private head: the shared blocks get the
+        gradients they would get without it."""
+        assert model.local_head is not None
+        base, feats = out.ensemble, model.slices(out)
+        if detach:
+            base, feats = base.detach(), feats.detach()
+        return base + model.local_head(feats)
+
+    def local_logits(self, model: nn.Module, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Under the local protocol, with the private correction when there is one."""
+        assert isinstance(model, ParsePlusModel)
+        out = model(x)
+        return out.ensemble if model.local_head is None else self.corrected(model, out)
 
     def share_plan(self, agent: AgentSpec, model: nn.Module) -> SharePlan:
         """PARSE's plan; the s projectors among multimodal agents, the discriminator among
@@ -180,6 +201,8 @@ class ParsePlusMethod(ParseMethod):
                 plan[f"proj.s.{m}"] = Share(group="multimodal")
         if mc.plus_personal_weights or mc.plus_personal_head:
             plan["personal"] = None
+        if mc.plus_local_head:
+            plan["local"] = None
         return plan
 
     def summary(self) -> dict[str, Any]:

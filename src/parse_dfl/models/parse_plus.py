@@ -146,6 +146,7 @@ class ParsePlusModel(nn.Module):
         discriminator: int = 0,
         personal_weights: bool = False,
         personal_head: bool = False,
+        local_head: bool = False,
         ensemble: str = "logits",
         encoder: str = "auto",
     ) -> None:
@@ -191,6 +192,24 @@ class ParsePlusModel(nn.Module):
             if personal_weights or personal_head
             else None
         )
+        # Built last (its random init draws after every other module's) and zeroed: with or
+        # without it, every other parameter starts from the same values.
+        self.local_head: nn.Linear | None = None
+        if local_head:
+            self.local_head = nn.Linear(self.slice_width(), n_classes)
+            nn.init.zeros_(self.local_head.weight)
+            nn.init.zeros_(self.local_head.bias)
+
+    def slice_width(self) -> int:
+        """Width of all the agent's slices side by side (`slices`)."""
+        d_u, d_r, d_s = self.split
+        return len(self.modalities) * (d_u + d_r + (d_s if self.multimodal else 0))
+
+    @staticmethod
+    def slices(out: ParseOutput) -> torch.Tensor:
+        """Every slice of an output side by side: u of each modality, r of each, s of each."""
+        parts = list(out.unique.values()) + list(out.redundant.values())
+        return torch.cat(parts + list(out.synergy.values()), dim=1)
 
     def block_prefixes(self) -> dict[str, list[str]]:
         blocks = {
@@ -207,6 +226,8 @@ class ParsePlusModel(nn.Module):
             blocks["synergy"] = ["fusion", "synergy_head"]
         if self.personal is not None:
             blocks["personal"] = ["personal"]
+        if self.local_head is not None:
+            blocks["local"] = ["local_head"]
         return blocks
 
     def forward(self, x: dict[str, torch.Tensor]) -> ParseOutput:
