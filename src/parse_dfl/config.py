@@ -285,6 +285,11 @@ class MethodConfig(Section):
         "own data (on detached slices: nothing shared changes) and used only under the local "
         "protocol",
     )
+    plus_local_hidden: int = Field(
+        0,
+        ge=0,
+        description="parse-plus: hidden width of the local-protocol correction (0: linear)",
+    )
     plus_split: Literal["fixed", "pid"] = Field(
         "fixed",
         description="parse-plus: slice sizes: model.split (fixed) or its total divided by the "

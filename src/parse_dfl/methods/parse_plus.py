@@ -132,6 +132,7 @@ class ParsePlusMethod(ParseMethod):
             personal_weights=mc.plus_personal_weights,
             personal_head=mc.plus_personal_head,
             local_head=mc.plus_local_head,
+            local_hidden=mc.plus_local_hidden,
             ensemble=mo.ensemble,
             encoder=mo.encoder,
         )

@@ -147,6 +147,7 @@ class ParsePlusModel(nn.Module):
         personal_weights: bool = False,
         personal_head: bool = False,
         local_head: bool = False,
+        local_hidden: int = 0,
         ensemble: str = "logits",
         encoder: str = "auto",
     ) -> None:
@@ -194,11 +195,16 @@ class ParsePlusModel(nn.Module):
         )
         # Built last (its random init draws after every other module's) and zeroed: with or
         # without it, every other parameter starts from the same values.
-        self.local_head: nn.Linear | None = None
+        self.local_head: nn.Module | None = None
         if local_head:
-            self.local_head = nn.Linear(self.slice_width(), n_classes)
-            nn.init.zeros_(self.local_head.weight)
-            nn.init.zeros_(self.local_head.bias)
+            last = nn.Linear(local_hidden or self.slice_width(), n_classes)
+            nn.init.zeros_(last.weight)  # the correction starts at 0: the shared ensemble
+            nn.init.zeros_(last.bias)
+            self.local_head = (
+                nn.Sequential(nn.Linear(self.slice_width(), local_hidden), nn.ReLU(), last)
+                if local_hidden
+                else last
+            )
 
     def slice_width(self) -> int:
         """Width of all the agent's slices side by side (`slices`)."""
