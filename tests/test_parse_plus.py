@@ -390,6 +390,7 @@ def test_distributed_engine_matches_reference(tmp_path) -> None:
         "method.plus_personal_head=true",
         "train.rounds=4",
         "train.eval_every=2",
+        "engine.dtype=float64",
     )
     ref = run(quick_config(*sets, "engine.name=reference"), tmp_path / "ref", progress=False)
     dist = launch(2, tmp_path / "dist", *sets)
