@@ -313,14 +313,11 @@ class Table:
         return max(vals) if vals else math.nan
 
     def gap(self, col: int) -> tuple[float, str | None]:
-        """PARSE minus the best decentralized baseline in column `col` (points), and who."""
+        """PARSE minus the best decentralized baseline in column `col` (points), and who
+        (parse-plus, ours too, is no baseline)."""
         if "parse" not in self.rows or not self.rows["parse"][col][2]:
             return math.nan, None
-        rivals = {
-            m: v[col][0]
-            for m, v in self.rows.items()
-            if m != "parse" and m not in REFERENCE_METHODS and v[col][2]
-        }
+        rivals = {m: v[col][0] for m, v in self.rows.items() if is_baseline(m) and v[col][2]}
         if not rivals:
             return math.nan, None
         who = max(rivals, key=lambda m: rivals[m])
@@ -654,7 +651,7 @@ def _overview(col: Collection, groups: list) -> list[str]:
     md = ["## Overview: mean accuracy over agents, per setting", ""]
     md += [
         "Rows: the tables above; bold: best decentralized method per row; last column: PARSE "
-        "minus the best other decentralized method (points).",
+        "minus the best baseline (points; parse-plus is ours, not a baseline).",
         "",
     ]
     for protocol, _, _ in PROTOCOLS:
