@@ -173,3 +173,40 @@ def test_every_tune_file_gives_every_method_the_same_budget(name: str, rounds: i
     # the final runs of the benchmark run exactly as long as the tuning runs did
     final = load_sweep(f"configs/paper/{'watch-main' if name == 'watch' else name}-tuned.yaml")
     assert {r.config.train.rounds for r in final.runs} == {rounds}
+
+
+def test_other_grid_keys_of_a_tune_file_are_pooled_like_seeds(tmp_path) -> None:
+    """A benchmark with several settings (synthetic-pid's data settings) gets one choice per
+    method, judged on the mean over every setting and seed; choose_tuned is checked against
+    hand-written results."""
+    from parse_dfl.experiments.sweep import choose_tuned
+
+    path = tmp_path / "tune.yaml"
+    path.write_text(
+        TUNE.replace("seed: [100, 101]", "seed: [100]\n  partition.val_fraction: [0.2, 0.3]")
+        .replace("partition.val_fraction=0.25", "train.eval_every=2")
+        .replace("    parse: {method.beta: [0.1, 0.5]}\n", "")
+    )
+    sweep = load_sweep(path, out=tmp_path / "runs")
+    assert len(sweep.runs) == 2 * 2 * 2  # (parse, local) x 2 rates x 2 pooled values
+    # lr 0.01 is better at one pooled value and worse on the mean over both
+    val = {(0.001, 0.2): 0.6, (0.001, 0.3): 0.6, (0.01, 0.2): 0.7, (0.01, 0.3): 0.4}
+    for r in sweep.runs:
+        key = (r.config.train.lr, r.config.partition.val_fraction)
+        folder = sweep.out / r.name
+        folder.mkdir(parents=True)
+        res = {"mean_val_accuracy": val[key], "mean_val_local_accuracy": 0.5}
+        (folder / "results.json").write_text(json.dumps(res))
+    doc = choose_tuned(sweep)
+    assert doc["pooled"] == {"partition.val_fraction": [0.2, 0.3]}
+    for method in ("parse", "local"):
+        assert doc["methods"][method]["set"] == {"train.lr": 0.001}
+        assert doc["methods"][method]["val_accuracy"] == pytest.approx(0.6)
+        assert len(doc["methods"][method]["candidates"]) == 2
+
+
+def test_a_tune_file_may_not_pool_a_key_it_tunes(tmp_path) -> None:
+    path = tmp_path / "tune.yaml"
+    path.write_text(TUNE.replace("seed: [100, 101]", "seed: [100]\n  train.lr: [0.1]"))
+    with pytest.raises(UserError, match="also a key the tune grid varies"):
+        load_sweep(path)

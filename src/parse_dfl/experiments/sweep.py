@@ -213,10 +213,10 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
         tune = _tune_spec(spec["tune"], f"{where}: tune", path)
         if runs_raw is not None:
             raise UserError(f"{where}: runs", "a tune file makes its runs from `tune`: remove it")
-        if set(grid) - {"seed"}:
-            key = next(k for k in grid if k != "seed")
-            raise UserError(f"{where}: grid.{key}", "a tune file's grid holds seeds only")
         variants = tune.variants()
+        for key in grid:  # pooled like seeds: a setting is judged over all of their values
+            if any(key == k for v in variants for k, _ in v):
+                raise UserError(f"{where}: grid.{key}", "is also a key the tune grid varies")
     for i, variant in enumerate(variants):
         for key, _ in variant:
             if key in grid:
@@ -734,7 +734,8 @@ def describe(sweep: Sweep) -> str:
 TUNE_KEYS = ("methods", "grid", "out")
 SELECTION = (
     "for each method, the setting with the highest validation accuracy (partition.val_fraction "
-    "of each agent's training samples; never the test split), mean over agents and seeds, "
+    "of each agent's training samples; never the test split), mean over agents and seeds "
+    "(and the other grid values, if any), "
     "global protocol; ties: local protocol, then the first in grid order"
 )
 
@@ -820,7 +821,8 @@ def choose_tuned(sweep: Sweep) -> dict[str, Any]:
     scores: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in tune.methods}
     for r in sweep.runs:
         method = r.config.method.name
-        setting = {k: v for k, v in r.overrides if k not in ("method.name", "seed")}
+        # the grid's keys (seeds, and e.g. data settings) are pooled: one choice for all
+        setting = {k: v for k, v in r.overrides if k != "method.name" and k not in sweep.grid}
         cand = scores[method].setdefault(
             json.dumps(setting, sort_keys=True, default=str),
             {"set": setting, "val": [], "local": [], "seeds": [], "missing": 0},
@@ -863,6 +865,7 @@ def choose_tuned(sweep: Sweep) -> dict[str, Any]:
             "candidates": [{k: v for k, v in row.items() if k != "seeds"} for row in rows],
         }
     seeds = sorted({r.config.seed for r in sweep.runs})
+    pooled = {k: v for k, v in sweep.grid.items() if k != "seed"}  # judged over, as seeds
     fractions = sorted({r.config.partition.val_fraction for r in sweep.runs})
     return {
         "tune_file": str(sweep.path),
@@ -871,6 +874,7 @@ def choose_tuned(sweep: Sweep) -> dict[str, Any]:
         "set": {k: v for k, v in sweep.set},
         "runs": str(sweep.out),
         "seeds": seeds,
+        **({"pooled": pooled} if pooled else {}),
         "val_fraction": fractions[0] if len(fractions) == 1 else fractions,
         "rounds": sorted({r.config.train.rounds for r in sweep.runs}),
         "selection": SELECTION,
