@@ -103,7 +103,8 @@ def test_a_sweep_starts_each_method_from_its_tuned_setting(tuned) -> None:
     ("change", "where"),
     [
         (("partition.val_fraction=0.25", "partition.val_fraction=0.0"), "run"),  # test only
-        (("seed: [100, 101]", "seed: [100]\n  train.rounds: [2, 3]"), "grid.train.rounds"),
+        # a grid key other than the seed is pooled, but not one the tune grid varies
+        (("seed: [100, 101]", "seed: [100]\n  train.lr: [0.1]"), "grid.train.lr"),
         (("out: tuned/quick.yaml", "outt: x"), "tune.outt"),
         (("parse: {method.beta", "dsgd-task: {method.beta"), "tune.grid.dsgd-task"),
     ],
@@ -203,10 +204,3 @@ def test_other_grid_keys_of_a_tune_file_are_pooled_like_seeds(tmp_path) -> None:
         assert doc["methods"][method]["set"] == {"train.lr": 0.001}
         assert doc["methods"][method]["val_accuracy"] == pytest.approx(0.6)
         assert len(doc["methods"][method]["candidates"]) == 2
-
-
-def test_a_tune_file_may_not_pool_a_key_it_tunes(tmp_path) -> None:
-    path = tmp_path / "tune.yaml"
-    path.write_text(TUNE.replace("seed: [100, 101]", "seed: [100]\n  train.lr: [0.1]"))
-    with pytest.raises(UserError, match="also a key the tune grid varies"):
-        load_sweep(path)
