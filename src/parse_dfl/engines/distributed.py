@@ -86,11 +86,12 @@ class _Exchange:
         self.recv: dict[int, list[tuple[int, int]]] = {}
         self.mine: list[np.ndarray] = []  # per group: positions of this process's holders
         self.cols: list[np.ndarray] = []  # per group: positions whose rows this process needs
-        self.W: list[sp.csr_matrix] = []
+        self.at: list[np.ndarray] = []  # per group: where `mine` sits in `cols`
+        self.theirs: list[np.ndarray] = []  # per group: where the needed neighbours sit in `cols`
+        self.W_mine: list[sp.csr_matrix] = []  # per group: W's rows of `mine`, columns `cols`
         for k, g in enumerate(engine.groups):
             W, _ = engine.schedule.mixing(k, round_)
             own = owner[np.asarray(g.holders)]
-            self.W.append(W)
             self.mine.append(np.flatnonzero(own == rank))
             coo = W.tocoo()
             i, j = coo.row, coo.col
@@ -100,6 +101,9 @@ class _Exchange:
             from_me = own[j] == rank  # the owner of i needs my row j
             needed = np.unique(j[to_me])
             self.cols.append(np.union1d(self.mine[k], needed))
+            self.at.append(np.searchsorted(self.cols[k], self.mine[k]))
+            self.theirs.append(np.flatnonzero(~np.isin(self.cols[k], self.mine[k])))
+            self.W_mine.append(W[self.mine[k]][:, self.cols[k]])  # what this process mixes
             for q in needed:
                 self.recv.setdefault(int(own[q]), []).append((k, int(q)))
             for dest, q in sorted(
@@ -145,6 +149,7 @@ class DistributedEngine(Engine):
         self.mine = list(self.shard)
         self.wire_bytes = 0  # bytes this process sent to other processes
         self._static_plan: _Exchange | None = None  # the exchange of a static schedule
+        self._blocks: dict[int, torch.Tensor] = {}  # per group: the gossip's working matrix
         super().__init__(setup)
 
     # --- building: real models for this shard, meta placeholders for the rest ------------
@@ -260,11 +265,10 @@ class DistributedEngine(Engine):
     def _block(self, k: int, rows: int, numel: int) -> torch.Tensor:
         """Group k's working matrix, kept from round to round: a fresh allocation of this
         size (hundreds of MB at 1,000 agents) costs its page faults again every round."""
-        cache = self.__dict__.setdefault("_blocks", {})
-        block = cache.get(k)
+        block = self._blocks.get(k)
         if block is None or block.shape != (rows, numel) or block.dtype != self._dtype:
             block = torch.empty(rows, numel, dtype=self._dtype, device=self.setup.device)
-            cache[k] = block
+            self._blocks[k] = block
         return block
 
     @property
@@ -357,7 +361,7 @@ class DistributedEngine(Engine):
             mine, cols = plan.mine[k], plan.cols[k]
             if not len(mine):
                 continue
-            at = np.searchsorted(cols, mine)
+            at = plan.at[k]
             block = self._block(k, len(cols), g.numel)
             run = slice(int(at[0]), int(at[-1]) + 1)
             if at[-1] - at[0] + 1 == len(at):  # a contiguous shard: gathered straight in
@@ -385,8 +389,7 @@ class DistributedEngine(Engine):
                 continue
             own = blocks[k]
             keys = [(k, q) for q in cols.tolist()]
-            is_mine = np.isin(cols, mine)
-            for i in np.flatnonzero(~is_mine).tolist():  # a neighbour's row: received, or 0
+            for i in plan.theirs[k].tolist():  # a neighbour's row: received, or 0
                 row = got.get(keys[i])
                 own[i] = row if row is not None else 0.0
             if self.plain_gossip:
@@ -395,13 +398,12 @@ class DistributedEngine(Engine):
                 blank = own.new_zeros(g.numel)
                 sent = torch.stack([outgoing.get(key, got.get(key, blank)) for key in keys])
             ok = intact(sent) & np.array([key not in broken for key in keys])
-            W = plan.W[k][mine][:, cols]
             new, d = receive(
                 own,
                 sent,
-                W,
+                plan.W_mine[k],
                 self.setup.cfg.robust,
-                me=np.searchsorted(cols, mine),
+                me=plan.at[k],
                 ok=ok,
                 matmul=_product,
             )
