@@ -209,6 +209,7 @@ SWITCHES = [
     "method.plus_fusion=tensor",
     "method.plus_fusion=gated",
     "method.plus_synergy_hidden=-1",
+    "method.plus_synergy_trunk=8",
     "method.plus_personal_weights=true",
     "method.plus_personal_head=true",
     "method.plus_local_head=true",
@@ -235,6 +236,26 @@ def test_switches_change_the_model_as_named() -> None:
     assert "personal" in param_blocks(method("method.plus_personal_weights=true").build_model(a))
     assert isinstance(method().build_model(a).fusion, MeanFusion)
     assert isinstance(method("method.plus_fusion=tensor").build_model(a).fusion, TensorFusion)
+
+
+def test_the_synergy_trunk_is_the_s_slices_own_and_travels_with_them() -> None:
+    """With `plus_synergy_trunk` the s slices read their own trunk (no gradient reaches the
+    shared trunk through the synergy head), it travels in the multimodal-only proj.s block,
+    and a unimodal agent has none."""
+    m = method("method.plus_synergy_trunk=5")
+    multi, uni = agent(("acc", "gyro"), 1), agent(("acc",), 0)
+    model = m.build_model(multi)
+    assert model.s_trunks is not None and set(model.s_trunks) == {"acc", "gyro"}
+    blocks = param_blocks(model)  # raises if a parameter is in no block or in two
+    own = {n for n, _ in model.s_trunks["acc"].named_parameters(prefix="s_trunks.acc")}
+    assert own and own <= set(blocks["proj.s.acc"])
+    assert m.share_plan(multi, model)["proj.s.acc"] == Share(group="multimodal")
+    out = model(batch(("acc", "gyro")))
+    out.heads["synergy"].sum().backward()
+    assert all(p.grad is None for p in model.trunks.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.s_trunks.parameters())
+    assert m.build_model(uni).s_trunks is None
+    assert method().build_model(multi).s_trunks is None
 
 
 def test_the_local_head_changes_the_local_protocol_only() -> None:
@@ -370,6 +391,7 @@ def test_synergy_fusion_fits_a_modular_sum_where_mean_fusion_cannot(
         ),
         ("method.plus_projectors=true", "method.plus_fusion=tensor", "model.ensemble=probs"),
         ("method.plus_local_head=true", "partition.name=dirichlet", "partition.alpha=0.3"),
+        ("method.plus_synergy_trunk=8", "method.plus_fusion=tensor"),
     ],
 )
 def test_batched_engine_matches_reference(switches: tuple[str, ...]) -> None:

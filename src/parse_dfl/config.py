@@ -269,6 +269,12 @@ class MethodConfig(Section):
         ge=-1,
         description="parse-plus: hidden units of the synergy head (-1 = synergy width, 0 = linear)",
     )
+    plus_synergy_trunk: int = Field(
+        0,
+        ge=0,
+        description="parse-plus: width of the synergy slice's own trunk per modality, shared "
+        "among multimodal holders (0: s reads the trunk that u and r read, as in PARSE)",
+    )
     plus_personal_weights: bool = Field(
         False,
         description="parse-plus: per-agent ensemble weights over the heads, trained on the "

@@ -128,6 +128,7 @@ class ParsePlusMethod(ParseMethod):
             fusion_hidden=mc.plus_fusion_hidden,
             head_hidden=mo.head_hidden,
             synergy_hidden=d_s if mc.plus_synergy_hidden < 0 else mc.plus_synergy_hidden,
+            synergy_trunk=mc.plus_synergy_trunk,
             discriminator=len(self.modalities) if mc.plus_discriminator else 0,
             personal_weights=mc.plus_personal_weights,
             personal_head=mc.plus_personal_head,

@@ -67,12 +67,18 @@ class SliceProjectors(nn.Module):
     `synergy` False (a unimodal agent) builds no s projector: it would never be trained."""
 
     def __init__(
-        self, in_dim: int, split: tuple[int, int, int], hidden: int, synergy: bool = True
+        self,
+        in_dim: int,
+        split: tuple[int, int, int],
+        hidden: int,
+        synergy: bool = True,
+        s_in: int = 0,
     ) -> None:
+        """`s_in` > 0: the s projector reads an own trunk of that width, not the shared one."""
         super().__init__()
         self.u = build_projector(in_dim, split[0], hidden)
         self.r = build_projector(in_dim, split[1], hidden)
-        self.s = build_projector(in_dim, split[2], hidden) if synergy else None
+        self.s = build_projector(s_in or in_dim, split[2], hidden) if synergy else None
 
 
 class MLPFusion(nn.Module):
@@ -143,6 +149,7 @@ class ParsePlusModel(nn.Module):
         fusion_hidden: int = 0,
         head_hidden: int = 0,
         synergy_hidden: int = 0,
+        synergy_trunk: int = 0,
         discriminator: int = 0,
         personal_weights: bool = False,
         personal_head: bool = False,
@@ -152,8 +159,9 @@ class ParsePlusModel(nn.Module):
         encoder: str = "auto",
     ) -> None:
         """`projectors` False or `projector_hidden` 0: linear projectors (PARSE's fission);
-        `fusion_hidden` 0: the synergy width; `discriminator`: the number of modalities of
-        the dataset (0: no discriminator)."""
+        `fusion_hidden` 0: the synergy width; `synergy_trunk` > 0: the s slices read an own
+        trunk of that width per modality (multimodal agents only); `discriminator`: the number
+        of modalities of the dataset (0: no discriminator)."""
         super().__init__()
         self.modalities = modalities
         self.split: tuple[int, int, int] = (split[0], split[1], split[2])
@@ -164,8 +172,12 @@ class ParsePlusModel(nn.Module):
         )
         self.multimodal = len(modalities) >= 2
         hidden = projector_hidden if projectors else 0
+        s_in = synergy_trunk if self.multimodal else 0
         self.projectors = nn.ModuleDict(
-            {m: SliceProjectors(width, self.split, hidden, self.multimodal) for m in modalities}
+            {
+                m: SliceProjectors(width, self.split, hidden, self.multimodal, s_in)
+                for m in modalities
+            }
         )
         self.unique_heads = nn.ModuleDict(
             {m: build_head(d_u, n_classes, head_hidden) for m in modalities}
@@ -191,6 +203,16 @@ class ParsePlusModel(nn.Module):
                 personal_head,
             )
             if personal_weights or personal_head
+            else None
+        )
+        # The synergy slice's own trunks (`synergy_trunk`): the shared trunk's u and r heads
+        # fit what they can of the label, and on synergistic data (nothing in one modality)
+        # that is noise, whose gradients keep the shared trunk from the interaction features.
+        self.s_trunks = (
+            nn.ModuleDict(
+                {m: build_trunk(kinds[m], input_shapes[m], s_in, encoder) for m in modalities}
+            )
+            if s_in
             else None
         )
         # Built last (its random init draws after every other module's) and zeroed: with or
@@ -223,7 +245,11 @@ class ParsePlusModel(nn.Module):
             for m in self.modalities
         }
         if self.multimodal:
-            blocks |= {f"proj.s.{m}": [f"projectors.{m}.s"] for m in self.modalities}
+            own = self.s_trunks is not None
+            blocks |= {
+                f"proj.s.{m}": [f"projectors.{m}.s"] + ([f"s_trunks.{m}"] if own else [])
+                for m in self.modalities
+            }
         blocks |= {f"head.unique.{m}": [f"unique_heads.{m}"] for m in self.modalities}
         blocks["head.redundant"] = ["redundant_head"]
         if self.discriminator is not None:
@@ -249,7 +275,7 @@ class ParsePlusModel(nn.Module):
             proj = cast(SliceProjectors, self.projectors[m])
             unique[m], redundant[m] = proj.u(t), proj.r(t)
             if proj.s is not None:
-                synergy[m] = proj.s(t)
+                synergy[m] = proj.s(t if self.s_trunks is None else self.s_trunks[m](x[m]))
         heads = slice_heads(self, present, unique, redundant, synergy)
         complete = len(present) == len(self.modalities)
         if self.personal is not None and self.personal.head is not None and complete:
