@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -115,3 +117,18 @@ def test_local_sends_nothing_and_parse_counts_bytes() -> None:
     assert parse["bytes_sent"] > 0
     assert sum(a["bytes_sent"] for a in parse["agents"]) == parse["bytes_sent"]
     assert all(v["components"] >= 1 for v in parse["holder_graphs"].values())
+
+
+def test_a_run_says_when_a_block_s_holders_cannot_agree() -> None:
+    """On the watch ring the induced holder graphs of the encoders fall apart; the engine
+    says so once (naming the blocks), and an overlay links every block's holders."""
+    cfg = ("data.name=watch", "agents.mix=acc:10,gyro:10,acc+gyro:10", "topology.name=ring")
+    with pytest.warns(RuntimeWarning, match=r"disconnected groups.*enc\.acc \d+") as caught:
+        engine = engine_for(*cfg)
+    assert len([w for w in caught if "disconnected" in str(w.message)]) == 1
+    split = {b for b, d in engine.schedule.describe().items() if d["components"] > 1}
+    assert {"enc.acc", "enc.gyro"} <= split
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        overlay = engine_for(*cfg, "topology.holder_graph=overlay")
+    assert all(d["components"] == 1 for d in overlay.schedule.describe().values())

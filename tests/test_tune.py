@@ -160,20 +160,35 @@ def test_an_export_reads_back_into_the_same_tables(tuned, tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "rounds"), [("watch", 160), ("mfeat-two", 300), ("mfeat-three", 320)]
+    ("name", "final", "rounds", "methods"),
+    [
+        ("watch", "watch-main", 160, 8),
+        ("mfeat-two", "mfeat-two", 300, 8),
+        ("mfeat-three", "mfeat-three", 320, 8),
+        ("watch-subjects", "watch-subjects", 160, 8),
+        ("mfeat-two-overlay", "mfeat-two-overlay", 300, 8),
+    ],
 )
-def test_every_tune_file_gives_every_method_the_same_budget(name: str, rounds: int) -> None:
+def test_every_tune_file_gives_every_method_the_same_budget(
+    name: str, final: str, rounds: int, methods: int
+) -> None:
     sweep = load_sweep(f"configs/tune/{name}.yaml")
     per_method: dict[str, int] = {}
     for r in sweep.runs:
         per_method[r.config.method.name] = per_method.get(r.config.method.name, 0) + 1
         assert r.config.partition.val_fraction > 0 and r.config.seed == 100
-    assert len(set(per_method.values())) == 1, per_method  # 3 learning rates x 1 seed each
-    assert "parse" in per_method and "harmony" in per_method and len(sweep.runs) == 24
+    assert set(per_method.values()) == {3}, per_method  # 3 learning rates x 1 seed each
+    assert "parse" in per_method and "harmony" in per_method and len(per_method) == methods
     assert {r.config.train.rounds for r in sweep.runs} == {rounds}
-    # the final runs of the benchmark run exactly as long as the tuning runs did
-    final = load_sweep(f"configs/paper/{'watch-main' if name == 'watch' else name}-tuned.yaml")
-    assert {r.config.train.rounds for r in final.runs} == {rounds}
+    # the final runs of the benchmark run exactly as long as the tuning runs did, on the
+    # same split and holder graphs
+    final_runs = load_sweep(f"configs/paper/{final}-tuned.yaml").runs
+    assert {r.config.train.rounds for r in final_runs} == {rounds}
+    for key in ("partition", "topology"):
+        tuned = {getattr(r.config, key).model_dump_json(exclude={"name"}) for r in sweep.runs}
+        assert {getattr(r.config, key).model_dump_json(exclude={"name"}) for r in final_runs} == (
+            {x.replace('"val_fraction":0.2', '"val_fraction":0.0') for x in tuned}
+        )
 
 
 def test_other_grid_keys_of_a_tune_file_are_pooled_like_seeds(tmp_path) -> None:

@@ -94,6 +94,7 @@ class Engine(ABC):
         s = self.setup
         self.groups = holder_groups(s, models)
         self.schedule = GossipSchedule(s.topology, self.groups, s.cfg.topology.mixing, self.faults)
+        self._warn_fragments()
         robust = s.cfg.robust
         if robust.rule == "trimmed-mean" and any(
             trim_is_void(robust, self.schedule.mixing(k, 1)[1]) for k in range(len(self.groups))
@@ -104,6 +105,29 @@ class Engine(ABC):
                 f"raise robust.trim or use a denser graph",
                 RuntimeWarning,
                 stacklevel=2,
+            )
+
+    def _warn_fragments(self) -> None:
+        """Say when a block's holders cannot agree: on a fixed graph, a holder graph in several
+        components averages each component apart for the whole run (on a ring, the induced
+        holder graph of a modality's encoder typically falls into 6-8 pieces)."""
+        if not self.schedule.static or not self.writes_output:  # one process says it
+            return
+        split = {
+            label: d["components"]
+            for label, d in self.schedule.describe().items()
+            if d["components"] > 1
+        }
+        if split:
+            shown = ", ".join(f"{b} {n}" for b, n in list(split.items())[:4])
+            more = f" and {len(split) - 4} more" if len(split) > 4 else ""
+            warnings.warn(
+                f"{len(split)} block(s) have holders in disconnected groups on "
+                f"topology.holder_graph={self.setup.cfg.topology.holder_graph} (components: "
+                f"{shown}{more}); each group averages on its own. "
+                f"topology.holder_graph=overlay links every block's holders",
+                RuntimeWarning,
+                stacklevel=3,
             )
 
     @abstractmethod
