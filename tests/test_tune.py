@@ -167,6 +167,7 @@ def test_an_export_reads_back_into_the_same_tables(tuned, tmp_path) -> None:
         ("mfeat-three", "mfeat-three", 320, 8),
         ("watch-subjects", "watch-subjects", 160, 8),
         ("mfeat-two-overlay", "mfeat-two-overlay", 300, 8),
+        ("mfeat-three-overlay", "mfeat-three-overlay", 320, 8),
         ("watch-overlay", "watch-main-overlay", 160, 5),
     ],
 )
