@@ -214,11 +214,10 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
         if runs_raw is not None:
             raise UserError(f"{where}: runs", "a tune file makes its runs from `tune`: remove it")
         variants = tune.variants()
-        for key in grid:  # pooled like seeds: a setting is judged over all of their values
-            if any(key == k for v in variants for k, _ in v):
-                raise UserError(f"{where}: grid.{key}", "is also a key the tune grid varies")
     for i, variant in enumerate(variants):
         for key, _ in variant:
+            if key in grid and tune is not None:  # a tune file's grid keys are pooled
+                raise UserError(f"{where}: grid.{key}", "is also a key the tune grid varies")
             if key in grid:
                 raise UserError(f"{where}: runs[{i}]", f"'{key}' is also a grid key: set it once")
     tuned_path = (path.parent / str(spec["tuned"])).resolve() if spec.get("tuned") else None
