@@ -185,7 +185,7 @@ def test_static_topology_is_cached_and_not_time_varying(name: str) -> None:
 
 
 def test_induced_holder_graph_of_ring() -> None:
-    t = Topology(TopologyConfig(name="ring"), 30, seed=0)
+    t = Topology(TopologyConfig(name="ring", holder_graph="induced"), 30, seed=0)
     holders = list(range(10)) + list(range(20, 30))
     g = t.holder_graph(holders, None, round=0)
     assert sorted(g.nodes) == list(range(20))
@@ -198,7 +198,7 @@ def test_induced_holder_graph_of_ring() -> None:
 
 
 def test_tags_drop_links_without_a_common_tag() -> None:
-    t = Topology(TopologyConfig(name="ring"), 6, seed=0)
+    t = Topology(TopologyConfig(name="ring", holder_graph="induced"), 6, seed=0)
     a, b, ab = frozenset({"a"}), frozenset({"b"}), frozenset({"a", "b"})
     tags = [a, a, b, b, ab, a]  # ring 0-1-2-3-4-5-0
     g = t.holder_graph(range(6), tags, round=0)
@@ -222,7 +222,8 @@ def test_overlay_builds_a_ring_over_exactly_the_holders() -> None:
     g = t.holder_graph(holders, None, round=0)
     assert sorted(g.nodes) == list(range(6))
     assert degrees(g) == {2} and nx.is_connected(g)
-    induced = Topology(TopologyConfig(name="ring"), 30, seed=0).holder_graph(holders, None, 0)
+    ring = TopologyConfig(name="ring", holder_graph="induced")
+    induced = Topology(ring, 30, seed=0).holder_graph(holders, None, 0)
     assert induced.number_of_edges() == 1  # only 29-0 are ring neighbours
 
 

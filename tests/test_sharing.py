@@ -124,11 +124,12 @@ def test_a_run_says_when_a_block_s_holders_cannot_agree() -> None:
     says so once (naming the blocks), and an overlay links every block's holders."""
     cfg = ("data.name=watch", "agents.mix=acc:10,gyro:10,acc+gyro:10", "topology.name=ring")
     with pytest.warns(RuntimeWarning, match=r"disconnected groups.*enc\.acc \d+") as caught:
-        engine = engine_for(*cfg)
+        engine = engine_for(*cfg, "topology.holder_graph=induced")
     assert len([w for w in caught if "disconnected" in str(w.message)]) == 1
     split = {b for b, d in engine.schedule.describe().items() if d["components"] > 1}
     assert {"enc.acc", "enc.gyro"} <= split
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        overlay = engine_for(*cfg, "topology.holder_graph=overlay")
+        overlay = engine_for(*cfg)  # the default
+    assert overlay.setup.cfg.topology.holder_graph == "overlay"
     assert all(d["components"] == 1 for d in overlay.schedule.describe().values())

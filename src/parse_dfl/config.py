@@ -176,9 +176,10 @@ class TopologyConfig(Section):
     chord: int | None = Field(None, ge=2, description="chordal-ring: chord length (default sqrt N)")
     path: str | None = Field(None, description="edge-list: file of 'i j' lines (0-based ids)")
     holder_graph: Literal["induced", "overlay"] = Field(
-        "induced",
-        description="graph among a block's holders: induced (base graph restricted) or overlay "
-        "(the same generator run over the holders alone)",
+        "overlay",
+        description="graph among a block's holders: overlay (the same generator run over the "
+        "holders alone, so they stay linked) or induced (the base graph restricted to them, "
+        "which may fall apart)",
     )
     mixing: Literal["metropolis-hastings", "uniform", "max-degree"] = Field(
         "metropolis-hastings", description="mixing weights on a holder graph"
