@@ -41,6 +41,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "synthetic-parse": _train(root, "synthetic-parse", *SYNTHETIC),
         "parse": _train(root, "parse"),
         "dsgd-modality": _train(root, "dsgd-modality", "method.name=dsgd-modality"),
+        "synthetic-plus": _train(root, "synthetic-plus", *SYNTHETIC, "method.name=parse-plus"),
     }
 
 
@@ -73,6 +74,21 @@ def test_probe_keys_and_ranges(runs: dict[str, Path]) -> None:
     uni = probe_run(runs["synthetic-parse"], agent=a_only)
     assert uni["modalities"] == ["a"] and uni["pid"]["pairs"] == {}
     assert set(uni["probe"]["accuracy"]) == {"u_a", "r_a", "s_a", "r_fused", "s_fused"}
+
+
+def test_probe_reads_parse_plus_slices(runs: dict[str, Path], capsys) -> None:
+    """parse-plus cuts its embeddings into u, r, s as PARSE does (with its own projectors):
+    the same probe applies, and says which method it read."""
+    res = probe_run(runs["synthetic-plus"])
+    assert res["method"] == "parse-plus" and res["modalities"] == ["a", "b"]
+    assert set(res["probe"]["accuracy"]) == {f"{s}_{m}" for s in "urs" for m in "ab"} | {
+        "r_fused",
+        "s_fused",
+    }
+    assert {"unique.a", "unique.b", "redundant", "synergy", "ensemble"} <= set(res["heads"])
+    assert set(res["within"]["b"]) == {"u,r", "u,s", "r,s"}
+    assert main(["probe", str(runs["synthetic-plus"])]) == 0
+    assert capsys.readouterr().out.startswith("parse-plus agent ")
 
 
 def test_probe_refuses(runs: dict[str, Path], tmp_path: Path) -> None:

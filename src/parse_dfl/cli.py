@@ -660,9 +660,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser(
         "probe",
-        help="what a PARSE run's unique/redundant/synergistic slices carry (linear probes, PID)",
+        help="what a PARSE or parse-plus run's unique/redundant/synergistic slices carry "
+        "(linear probes, PID)",
     )
-    pr.add_argument("run_dir", metavar="RUN-DIR", help="a finished PARSE run folder")
+    pr.add_argument("run_dir", metavar="RUN-DIR", help="a finished parse or parse-plus run folder")
     pr.add_argument(
         "--agent", type=int, help="agent id (default: the first agent with two or more modalities)"
     )

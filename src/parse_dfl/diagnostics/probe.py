@@ -38,6 +38,7 @@ from parse_dfl.text import text_table
 
 if TYPE_CHECKING:
     from parse_dfl.models.parse import ParseModel
+    from parse_dfl.models.parse_plus import ParsePlusModel
 
 __all__ = [
     "MIN_PROBE_SAMPLES",
@@ -76,14 +77,19 @@ def sample_warnings(n_test: int, what: str = "probe accuracies") -> list[str]:
     ]
 
 
+PROBED = ("parse", "parse-plus")  # the methods whose models cut embeddings into u, r, s
+
+
 def _finished_parse_run(run_dir: Path) -> dict[str, Any]:
-    """results.json of a finished PARSE run folder, or a UserError saying what is wrong."""
+    """results.json of a finished PARSE (or parse-plus) run folder, or a UserError saying what
+    is wrong."""
     from parse_dfl.experiments.run import read_results
 
     results = read_results(run_dir)
-    if results["method"] != "parse":
+    if results["method"] not in PROBED:
         raise UserError(
-            str(run_dir), f"probe needs a PARSE run; this run's method is '{results['method']}'"
+            str(run_dir),
+            f"probe needs a {' or '.join(PROBED)} run; this run's method is '{results['method']}'",
         )
     return results
 
@@ -177,7 +183,9 @@ def similarity(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, float]:
 
 
 @torch.no_grad()
-def _embed(model: ParseModel, x: dict[str, torch.Tensor], idx: torch.Tensor) -> dict:
+def _embed(
+    model: ParseModel | ParsePlusModel, x: dict[str, torch.Tensor], idx: torch.Tensor
+) -> dict:
     """Slices and head logits of `model` on samples `idx`, in chunks, as numpy arrays."""
     was_training = model.training
     model.eval()
@@ -207,7 +215,8 @@ def probe_run(
     seed: int = 0,
     shuffles: int = 2,
 ) -> dict[str, Any]:
-    """Linear probes, PID and cross-modal similarity of one PARSE agent's slices.
+    """Linear probes, PID and cross-modal similarity of one PARSE (or parse-plus) agent's
+    slices.
 
     `agent`: the agent id (default: the first agent with two or more modalities, else agent 0).
     `clusters`: k-means cells per slice for the PID (default: the number of classes; a slice
@@ -224,11 +233,13 @@ def probe_run(
     {"<a>,<b>": {u|r|s: similarity(...)}} and within {<m>: {"u,r"|"u,s"|"r,s": similarity of
     two slices of one modality}}. A unimodal agent has empty pairs and similarity.
 
-    Raises UserError for a folder that is not a finished run or whose method is not parse.
+    Raises UserError for a folder that is not a finished run or whose method is neither parse
+    nor parse-plus.
     """
     from parse_dfl.diagnostics.pid import pid_estimate
     from parse_dfl.experiments.run import load_run
     from parse_dfl.models.parse import ParseModel
+    from parse_dfl.models.parse_plus import ParsePlusModel
 
     run_dir = Path(run_dir)
     _finished_parse_run(run_dir)
@@ -240,8 +251,8 @@ def probe_run(
     if not 0 <= agent < len(models):
         raise UserError("--agent", f"no agent {agent} in this run (agents 0..{len(models) - 1})")
     model = models[agent]
-    if not isinstance(model, ParseModel):
-        raise UserError(str(run_dir), "the run's models are not PARSE models")
+    if not isinstance(model, ParseModel | ParsePlusModel):
+        raise UserError(str(run_dir), "the run's models are not PARSE or parse-plus models")
     mods = list(model.modalities)
     idx = setup.global_test
     emb = _embed(model, setup.x, idx)
@@ -346,8 +357,8 @@ def format_probe(res: dict[str, Any]) -> str:
     mods = res["modalities"]
     acc = res["probe"]["accuracy"]
     lines = [
-        f"PARSE agent {res['agent']} ({res['type']}) of {res['run_dir']} on the global test set "
-        f"({res['n_samples']} samples, {res['n_classes']} classes, chance "
+        f"{res['method']} agent {res['agent']} ({res['type']}) of {res['run_dir']} on the "
+        f"global test set ({res['n_samples']} samples, {res['n_classes']} classes, chance "
         f"{100 * res['chance']:.1f} %, slices u/r/s = {'/'.join(map(str, res['split']))} units)",
         "",
         f"(a) linear-probe accuracy in % (train on {res['probe']['n_train']}, score on "
