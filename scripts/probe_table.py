@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["parse", "parse-plus"])
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="default: every seed")
     ap.add_argument("--json", type=Path, help="also write every probe figure here")
+    ap.add_argument("--max-clusters", type=int, default=8, help="k-means cells per slice, at most")
     args = ap.parse_args()
 
     rows: dict[tuple[str, str], list[list[float]]] = defaultdict(list)
@@ -65,7 +67,10 @@ def main() -> None:
         if method not in args.methods or (args.seeds is not None and seed not in args.seeds):
             continue
         setting = cfg.get("data", {}).get("setting", "?")
-        res = probe_run(res_path.parent)
+        print(f"probing {res_path.parent}", file=sys.stderr, flush=True)
+        # k-means cells per slice: the number of classes (probe_run's default), at most
+        # --max-clusters (a 64-class label would make each slice PID a 64x64x64 problem)
+        res = probe_run(res_path.parent, clusters=min(int(results["n_classes"]), args.max_clusters))
         rows[(setting, method)].append([f(res) for _, f in COLUMNS])
         raw.append(
             {"setting": setting, "method": method, "seed": seed, **{h: f(res) for h, f in COLUMNS}}

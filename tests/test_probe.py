@@ -91,6 +91,16 @@ def test_probe_reads_parse_plus_slices(runs: dict[str, Path], capsys) -> None:
     assert capsys.readouterr().out.startswith("parse-plus agent ")
 
 
+def test_probe_caps_the_default_cells_per_slice(tmp_path: Path) -> None:
+    """A label with many classes (16 here) would make each slice PID a classes x classes x
+    classes problem; the default number of cells stops at MAX_CELLS."""
+    from parse_dfl.diagnostics.probe import MAX_CELLS
+
+    many = [*SYNTHETIC, "data.n_samples=600", "data.setting=redundancy+uniqueness0"]
+    res = probe_run(_train(tmp_path, "sixteen", *many, "train.rounds=2"))
+    assert res["n_classes"] == 16 > MAX_CELLS == res["pid"]["clusters"]
+
+
 def test_probe_refuses(runs: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(UserError, match="method is 'dsgd-modality'"):
         probe_run(runs["dsgd-modality"])

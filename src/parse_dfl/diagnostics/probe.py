@@ -80,6 +80,9 @@ def sample_warnings(n_test: int, what: str = "probe accuracies") -> list[str]:
 PROBED = ("parse", "parse-plus")  # the methods whose models cut embeddings into u, r, s
 
 
+MAX_CELLS = 10  # default k-means cells per slice, at most (see probe_run)
+
+
 def _finished_parse_run(run_dir: Path) -> dict[str, Any]:
     """results.json of a finished PARSE (or parse-plus) run folder, or a UserError saying what
     is wrong."""
@@ -219,9 +222,10 @@ def probe_run(
     slices.
 
     `agent`: the agent id (default: the first agent with two or more modalities, else agent 0).
-    `clusters`: k-means cells per slice for the PID (default: the number of classes; a slice
-    trained for the label should have about that many states, and the global test set is
-    small, so finer cells mostly add plug-in bias). `seed` fixes the probe split, the random
+    `clusters`: k-means cells per slice for the PID (default: the number of classes, at most
+    MAX_CELLS; a slice trained for the label should have about that many states, the global
+    test set is small, so finer cells mostly add plug-in bias, and the solver's cost grows
+    with cells x cells x classes: 64 cells for a 64-class label take many minutes a pair). `seed` fixes the probe split, the random
     pairing and k-means; `shuffles` label permutations give the PID's null figures.
 
     Returns a dict: run_dir, method, dataset, agent, type, modalities, n_samples, n_classes,
@@ -272,7 +276,7 @@ def probe_run(
         if k.startswith("head:")
     }
 
-    k = int(clusters) if clusters is not None else max(2, n_classes)
+    k = int(clusters) if clusters is not None else max(2, min(n_classes, MAX_CELLS))
     if k < 1:
         raise UserError("--clusters", "must be at least 1")
     pairs: dict[str, dict[str, Any]] = {}

@@ -1,0 +1,64 @@
+"""What changed between two exports of the same benchmark, method by method, paired by seed.
+
+Two committed exports (`parse-dfl report RUNS --export docs/results`) that differ in one thing
+(the holder graph, the rounds) hold the same methods on the same seeds (the same split, graph
+and initial values): the per-seed difference B - A of a method's mean accuracy, with its 95 %
+t interval (experiments/stats.py), says whether the change moved that method. Runs are
+matched on (method, seed, and every config key given with --key, e.g. data.setting).
+
+    .venv/bin/python scripts/paired_exports.py docs/results/watch-main-overlay-160-tuned.jsonl.gz \\
+        docs/results/watch-main-overlay-tuned.jsonl.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from parse_dfl.experiments.export import read_export
+from parse_dfl.experiments.stats import paired_by_seed
+
+
+def by_method(path: Path, keys: list[str], metric: str) -> dict[tuple[str, ...], dict[int, float]]:
+    """(method, *key values) -> seed -> `metric` in % of one export."""
+    _, runs, _ = read_export(path)
+    out: dict[tuple[str, ...], dict[int, float]] = defaultdict(dict)
+    for r in runs:
+        group = (r.method, *(json.loads(r.flat.get(k, "null")) or "-" for k in keys))
+        out[tuple(map(str, group))][int(r.res["config"]["seed"])] = 100 * float(r.res[metric])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("a", type=Path, help="the export to subtract (A)")
+    ap.add_argument("b", type=Path, help="the export compared with it (B)")
+    ap.add_argument("--key", action="append", default=[], help="also match on this config key")
+    ap.add_argument(
+        "--metric", default="mean_accuracy", choices=["mean_accuracy", "mean_local_accuracy"]
+    )
+    args = ap.parse_args()
+    a = by_method(args.a, args.key, args.metric)
+    b = by_method(args.b, args.key, args.metric)
+    head = ["method", *args.key, "A", "B", "B - A [95 % CI]", "pairs", "verdict"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for group in sorted(set(a) & set(b)):
+        d = paired_by_seed(b[group], a[group])
+        mean_a = sum(a[group].values()) / len(a[group])
+        mean_b = sum(b[group].values()) / len(b[group])
+        cells = [*group, f"{mean_a:.1f}", f"{mean_b:.1f}"]
+        verdict = {"win": "B higher", "loss": "B lower"}.get(d.verdict, d.verdict)
+        if d.n >= 2 and d.sd == 0:
+            verdict = "identical" if d.mean == 0 else verdict
+        cells += [f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}]", str(d.n), verdict]
+        print("| " + " | ".join(cells) + " |")
+    for name, only in (("A", set(a) - set(b)), ("B", set(b) - set(a))):
+        if only:
+            print(f"only in {name}: {', '.join('/'.join(g) for g in sorted(only))}")
+
+
+if __name__ == "__main__":
+    main()
