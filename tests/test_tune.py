@@ -168,7 +168,8 @@ def test_an_export_reads_back_into_the_same_tables(tuned, tmp_path) -> None:
         ("watch-subjects", "watch-subjects", 160, 8),
         ("mfeat-two-overlay", "mfeat-two-overlay", 300, 8),
         ("mfeat-three-overlay", "mfeat-three-overlay", 320, 8),
-        ("watch-overlay", "watch-main-overlay", 160, 5),
+        ("watch-overlay-160", "watch-main-overlay-160", 160, 5),
+        ("watch-overlay", "watch-main-overlay", 320, 7),
     ],
 )
 def test_every_tune_file_gives_every_method_the_same_budget(
