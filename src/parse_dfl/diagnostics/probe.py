@@ -225,8 +225,9 @@ def probe_run(
     `clusters`: k-means cells per slice for the PID (default: the number of classes, at most
     MAX_CELLS; a slice trained for the label should have about that many states, the global
     test set is small, so finer cells mostly add plug-in bias, and the solver's cost grows
-    with cells x cells x classes: 64 cells for a 64-class label take many minutes a pair). `seed` fixes the probe split, the random
-    pairing and k-means; `shuffles` label permutations give the PID's null figures.
+    with cells x cells x classes: 64 cells for a 64-class label take many minutes a pair).
+    `seed` fixes the probe split, the random pairing and k-means; `shuffles` label
+    permutations give the PID's null figures.
 
     Returns a dict: run_dir, method, dataset, agent, type, modalities, n_samples, n_classes,
     split, chance (share of the commonest class), warnings (too few held-out samples for the
