@@ -170,6 +170,7 @@ def test_an_export_reads_back_into_the_same_tables(tuned, tmp_path) -> None:
         ("mfeat-three-overlay", "mfeat-three-overlay", 320, 8),
         ("watch-overlay-160", "watch-main-overlay-160", 160, 5),
         ("watch-overlay", "watch-main-overlay", 320, 7),
+        ("watch-subjects-overlay", "watch-subjects-overlay", 320, 7),
     ],
 )
 def test_every_tune_file_gives_every_method_the_same_budget(
