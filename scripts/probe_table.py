@@ -8,6 +8,8 @@ on the first multimodal agent; per (setting, method) the mean over seeds of:
 - r_a vs r_b and u_a vs u_b across modalities: cosine of the same sample minus that of a
   random pairing (alignment where the names say: r high, u near 0);
 - PID synergy S of (s_a, s_b) minus its label-shuffled null, in bits.
+A run's variant (the sweep folders other than its setting and seed, e.g.
+`method.plus_residual=true`) is named beside its method.
 
     .venv/bin/python scripts/probe_table.py runs/synthetic-pid-tuned --seeds 0 1 2
 """
@@ -67,6 +69,13 @@ def main() -> None:
         if method not in args.methods or (args.seeds is not None and seed not in args.seeds):
             continue
         setting = cfg.get("data", {}).get("setting", "?")
+        # a variant of a method (a sweep's `runs` entry) is named by its folders
+        extra = [
+            p
+            for p in res_path.parent.relative_to(args.sweep).parts
+            if not p.startswith(("data.setting=", "seed=", "method="))
+        ]
+        method = " ".join([method, *extra])
         print(f"probing {res_path.parent}", file=sys.stderr, flush=True)
         # k-means cells per slice: the number of classes (probe_run's default), at most
         # --max-clusters (a 64-class label would make each slice PID a 64x64x64 problem)

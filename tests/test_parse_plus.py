@@ -3,6 +3,8 @@ synergy fusion that fits (s_a + s_b) mod C where mean fusion cannot."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -204,6 +206,7 @@ SWITCHES = [
     "method.plus_decor=none",
     "method.plus_decor=hsic",
     "method.plus_discriminator=true",
+    "method.plus_residual=true",
     "method.align=false",
     "method.plus_fusion=mlp",
     "method.plus_fusion=tensor",
@@ -279,6 +282,39 @@ def test_the_local_head_changes_the_local_protocol_only() -> None:
         assert float(pb["local_head.weight"].abs().sum()) > 0  # it trained
     assert local.local_test_accuracy != plain.local_test_accuracy
     assert "local" in param_blocks(local_models[0])
+
+
+def test_residual_heads_learn_what_the_redundant_head_leaves() -> None:
+    """With `plus_residual` a unique or synergy head's own loss is CE(its logits + the
+    redundant logits held constant): a head whose redundant partner is already right gets
+    almost no gradient, and the redundant head's own gradient is the plain one."""
+    torch.manual_seed(0)
+    x, y = batch(("acc", "gyro"), n=16), torch.randint(0, 4, (16,))
+    plain, resid = method(), method("method.plus_residual=true")
+    model = plain.build_model(agent(("acc", "gyro")))
+    out = model(x)
+    heads = out.heads
+    expected = F.cross_entropy(heads["redundant"], y) + sum(
+        F.cross_entropy(h + heads["redundant"].detach(), y)
+        for name, h in heads.items()
+        if name != "redundant"
+    )
+    got = float(resid.head_loss(out, y).detach())
+    assert got == pytest.approx(float(expected.detach()), rel=1e-6)
+    assert got != pytest.approx(float(plain.head_loss(out, y).detach()))
+    grads = {}
+    for name, m in (("plain", plain), ("resid", resid)):
+        model.zero_grad()
+        m.head_loss(model(x), y).backward()
+        grads[name] = model.redundant_head.weight.grad.clone()
+    # the redundant head is trained by its own CE only, as without the switch
+    assert torch.allclose(grads["plain"], grads["resid"])
+    # a redundant head that already predicts y leaves the unique heads nothing to learn
+    u = heads["unique.acc"].detach().requires_grad_()
+    sure = dict(heads, redundant=50.0 * F.one_hot(y, 4).float(), **{"unique.acc": u})
+    for m, small in ((resid, True), (plain, False)):
+        (g,) = torch.autograd.grad(m.head_loss(replace(out, heads=sure), y), u)
+        assert (float(g.abs().max()) < 1e-6) == small
 
 
 def test_switched_off_terms_add_nothing() -> None:
@@ -392,6 +428,7 @@ def test_synergy_fusion_fits_a_modular_sum_where_mean_fusion_cannot(
         ("method.plus_projectors=true", "method.plus_fusion=tensor", "model.ensemble=probs"),
         ("method.plus_local_head=true", "partition.name=dirichlet", "partition.alpha=0.3"),
         ("method.plus_synergy_trunk=8", "method.plus_fusion=tensor"),
+        ("method.plus_residual=true", "method.plus_personal_head=true"),
     ],
 )
 def test_batched_engine_matches_reference(switches: tuple[str, ...]) -> None:

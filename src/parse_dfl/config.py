@@ -248,6 +248,11 @@ class MethodConfig(Section):
         "modalities' r (r held fixed): squared cross-correlation (xcov), kernel HSIC or none",
     )
     plus_gamma: float = Field(1.0, ge=0, description="parse-plus: weight of the u/r penalty")
+    plus_residual: bool = Field(
+        False,
+        description="parse-plus: the unique, synergy and personal heads learn the residual of "
+        "the redundant head (their logits added to its detached logits in their own CE)",
+    )
     plus_discriminator: bool = Field(
         False,
         description="parse-plus: a modality discriminator (shared by all agents) must tell "

@@ -62,10 +62,15 @@ class ParseMethod(Method):
         else:
             total = F.cross_entropy(out.ensemble, y)
         if mc.lambda_h > 0:
-            total = total + mc.lambda_h * sum(F.cross_entropy(h, y) for h in out.heads.values())
+            total = total + mc.lambda_h * self.head_loss(out, y)
         if mc.align and mc.beta > 0:
             total = total + mc.beta * self.alignment(out)
         return total
+
+    def head_loss(self, out: ParseOutput, y: torch.Tensor) -> torch.Tensor:
+        """Sum of the heads' own cross-entropies: each head is trained to predict y alone."""
+        losses = [F.cross_entropy(h, y) for h in out.heads.values()]
+        return sum(losses[1:], losses[0])
 
     def logits(self, model: nn.Module, x: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(x).ensemble

@@ -6,6 +6,7 @@ Model (models/parse_plus.py): a trunk per modality, one non-linear projector per
 per-agent ensemble weights and an optional private head.
 
 Loss:  CE(ensemble, y) + lambda_h * sum_heads CE(head, y)
+                               (with plus_residual: CE(head + sg(redundant head), y) for u, s)
        + beta * L_align                (PARSE's InfoNCE on r; separation for one modality)
        + gamma * L_dep                 (u_m against r_m and against the other modalities' r)
        + delta * L_modality            (a discriminator must tell m from u_m)
@@ -137,6 +138,21 @@ class ParsePlusMethod(ParseMethod):
             ensemble=mo.ensemble,
             encoder=mo.encoder,
         )
+
+    def head_loss(self, out: ParseOutput, y: torch.Tensor) -> torch.Tensor:
+        """With `method.plus_residual`, every head but the redundant one is trained on what
+        the redundant head leaves unexplained: its logits are added to the redundant head's
+        (held constant) in its own cross-entropy. A unique slice then has no reason to encode
+        what the redundant slice already predicts, and the redundant head is trained as before.
+        """
+        if not self.cfg.method.plus_residual:
+            return super().head_loss(out, y)
+        base = out.heads["redundant"].detach()
+        terms = [
+            F.cross_entropy(h if name == "redundant" else h + base, y)
+            for name, h in out.heads.items()
+        ]
+        return sum(terms[1:], terms[0])
 
     def dependence(self, out: ParseOutput) -> torch.Tensor:
         """Mean dependence of each u_m with its own r_m and with every other modality's r.
