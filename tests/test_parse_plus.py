@@ -207,6 +207,7 @@ SWITCHES = [
     "method.plus_decor=hsic",
     "method.plus_discriminator=true",
     "method.plus_residual=true",
+    "method.plus_agreement=true",
     "method.align=false",
     "method.plus_fusion=mlp",
     "method.plus_fusion=tensor",
@@ -315,6 +316,34 @@ def test_residual_heads_learn_what_the_redundant_head_leaves() -> None:
     for m, small in ((resid, True), (plain, False)):
         (g,) = torch.autograd.grad(m.head_loss(replace(out, heads=sure), y), u)
         assert (float(g.abs().max()) < 1e-6) == small
+
+
+def test_agreement_leaves_r_to_the_alignment() -> None:
+    """With `plus_agreement` the r projectors get no gradient from any head (nor from the
+    ensemble), only from the alignment; the outputs are the same as without it."""
+    torch.manual_seed(0)
+    x, y = batch(("acc", "gyro"), n=16), torch.randint(0, 4, (16,))
+    a = agent(("acc", "gyro"))
+    grads = {}
+    for on in (False, True):
+        m = method(f"method.plus_agreement={str(on).lower()}", "method.plus_personal_head=true")
+        torch.manual_seed(1)
+        model = m.build_model(a)
+        out = model(x)
+        for part, loss in (
+            ("label", m.loss(model, x, y) - m.cfg.method.beta * m.alignment(out)),
+            ("align", m.alignment(out)),
+        ):
+            model.zero_grad()
+            loss.backward(retain_graph=True)
+            w = model.projectors["acc"].r.weight.grad
+            grads[on, part] = torch.zeros(1) if w is None else w.clone()
+        grads[on, "ensemble"] = out.ensemble.detach()
+    assert torch.equal(grads[False, "ensemble"], grads[True, "ensemble"])
+    assert float(grads[False, "label"].abs().max()) > 1e-4
+    assert float(grads[True, "label"].abs().max()) == 0.0
+    assert torch.allclose(grads[False, "align"], grads[True, "align"])
+    assert float(grads[True, "align"].abs().max()) > 1e-4
 
 
 def test_switched_off_terms_add_nothing() -> None:
@@ -429,6 +458,7 @@ def test_synergy_fusion_fits_a_modular_sum_where_mean_fusion_cannot(
         ("method.plus_local_head=true", "partition.name=dirichlet", "partition.alpha=0.3"),
         ("method.plus_synergy_trunk=8", "method.plus_fusion=tensor"),
         ("method.plus_residual=true", "method.plus_personal_head=true"),
+        ("method.plus_agreement=true", "method.plus_residual=true", "agents.mix=acc:2,acc+gyro:2"),
     ],
 )
 def test_batched_engine_matches_reference(switches: tuple[str, ...]) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from parse_dfl.experiments.convergence import convergence, flat_from
+from parse_dfl.experiments.convergence import convergence, flat_from, smooth_finals
 from parse_dfl.experiments.stats import paired_by_seed, paired_difference
 
 
@@ -118,6 +118,29 @@ def _record(method: str, seed: int, acc: float, history: list[tuple[int, float]]
         ],
     }
     return RunRecord(Path(f"{method}/{seed}"), res, {})
+
+
+def test_smoothed_finals_are_the_mean_of_the_last_evaluations() -> None:
+    hist = [
+        {
+            "round": 10 * i,
+            "mean_accuracy": a,
+            "mean_local_accuracy": a / 2,
+            "by_type": {"x": a, "y": 1 - a},
+            "by_type_local": {"x": a},
+        }
+        for i, a in enumerate([0.1, 0.5, 0.6, 0.8])
+    ]
+    res = {"history": hist, "mean_accuracy": 0.8, "mean_local_accuracy": 0.4, "by_type": {}}
+    smooth_finals(res, 3)
+    assert res["mean_accuracy"] == pytest.approx((0.5 + 0.6 + 0.8) / 3)
+    assert res["mean_local_accuracy"] == pytest.approx((0.5 + 0.6 + 0.8) / 6)
+    assert res["by_type"]["y"] == pytest.approx(1 - (0.5 + 0.6 + 0.8) / 3)
+    assert res["by_type_local"] == {"x": pytest.approx((0.5 + 0.6 + 0.8) / 3)}
+    smooth_finals(res, 10)  # more than there are: all of them
+    assert res["mean_accuracy"] == pytest.approx(0.5)
+    smooth_finals(res, 1)  # the last evaluation
+    assert res["mean_accuracy"] == pytest.approx(0.8)
 
 
 def test_paired_cells_pick_the_best_baseline_and_pair_by_seed() -> None:

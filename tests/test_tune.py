@@ -140,6 +140,20 @@ def test_the_report_shows_paired_intervals_bytes_and_convergence(tuned) -> None:
     assert "## Convergence" in text and "too short" in text  # 2 rounds cannot show a plateau
 
 
+def test_final_last_smooths_the_tables_and_says_so(tuned, tmp_path) -> None:
+    _, runs, _ = tuned
+    base = ["report", str(runs), "--no-tsne", "--no-pid"]
+    assert main([*base, "--out", str(tmp_path / "a.md")]) == 0
+    assert main([*base, "--out", str(tmp_path / "b.md"), "--final-last", "2"]) == 0
+    a, b = (tmp_path / "a.md").read_text(), (tmp_path / "b.md").read_text()
+    assert "last 2 evaluations" in b and "last 2 evaluations" not in a
+    accuracy = lambda t: t.split("## Accuracy\n")[1].split("## PARSE against")[0]  # noqa: E731
+    assert [x for x in _table_lines(accuracy(a)) if "%" not in x] != [
+        x for x in _table_lines(accuracy(b)) if "%" not in x
+    ]
+    assert main([*base, "--final-last", "0"]) == 2
+
+
 def test_an_export_reads_back_into_the_same_tables(tuned, tmp_path) -> None:
     _, runs, _ = tuned
     assert (

@@ -405,7 +405,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise UserError("report", "needs matplotlib (pip install 'parse-dfl[report]')")
 
     path = write_report(
-        args.dir, out=args.out, tsne=not args.no_tsne, figures=args.figures, pid=not args.no_pid
+        args.dir,
+        out=args.out,
+        tsne=not args.no_tsne,
+        figures=args.figures,
+        pid=not args.no_pid,
+        final_last=args.final_last,
     )
     print(f"report: {path}")
     return 0
@@ -625,6 +630,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-tsne", action="store_true", help="skip the t-SNE of PARSE's slices")
     rp.add_argument(
         "--no-pid", action="store_true", help="skip the dataset PID and the slice probes"
+    )
+    rp.add_argument(
+        "--final-last",
+        type=int,
+        default=1,
+        metavar="K",
+        help="final accuracy = mean of each run's last K evaluations (default 1: the last "
+        "one); smooths curves that swing between evaluations",
     )
     rp.add_argument(
         "--export",

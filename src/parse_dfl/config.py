@@ -253,6 +253,11 @@ class MethodConfig(Section):
         description="parse-plus: the unique, synergy and personal heads learn the residual of "
         "the redundant head (their logits added to its detached logits in their own CE)",
     )
+    plus_agreement: bool = Field(
+        False,
+        description="parse-plus: the redundant slices learn only from the alignment (what the "
+        "modalities agree on); the heads read them without sending the label's gradient back",
+    )
     plus_discriminator: bool = Field(
         False,
         description="parse-plus: a modality discriminator (shared by all agents) must tell "

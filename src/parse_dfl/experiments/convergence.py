@@ -88,3 +88,25 @@ def flat_from(
             break
         first = seen[i][0]
     return first
+
+
+def smooth_finals(res: dict[str, Any], last: int) -> None:
+    """Replace a run's final accuracies (mean and per agent type, both protocols) by their
+    mean over the last `last` evaluations of its history, in place: with a rate that makes
+    the curve swing between evaluations, one evaluation is a noisy final. Fewer evaluations
+    than `last`: the mean of those there are."""
+    hist = [h for h in res.get("history", []) if "mean_accuracy" in h][-last:]
+    if not hist:
+        return
+    for key in ("mean_accuracy", "mean_local_accuracy"):
+        vals = [float(h[key]) for h in hist if key in h]
+        if vals:
+            res[key] = math.fsum(vals) / len(vals)
+    for key in ("by_type", "by_type_local"):
+        per_type: dict[str, list[float]] = {}
+        for h in hist:
+            for t, v in h.get(key, {}).items():
+                if v is not None:
+                    per_type.setdefault(t, []).append(float(v))
+        if per_type:
+            res[key] = {t: math.fsum(v) / len(v) for t, v in per_type.items()}

@@ -7,6 +7,8 @@ per-agent ensemble weights and an optional private head.
 
 Loss:  CE(ensemble, y) + lambda_h * sum_heads CE(head, y)
                                (with plus_residual: CE(head + sg(redundant head), y) for u, s)
+                               (with plus_agreement: every head reads sg(r): r learns from
+                                L_align alone)
        + beta * L_align                (PARSE's InfoNCE on r; separation for one modality)
        + gamma * L_dep                 (u_m against r_m and against the other modalities' r)
        + delta * L_modality            (a discriminator must tell m from u_m)
@@ -135,6 +137,7 @@ class ParsePlusMethod(ParseMethod):
             personal_head=mc.plus_personal_head,
             local_head=mc.plus_local_head,
             local_hidden=mc.plus_local_hidden,
+            agreement=mc.plus_agreement,
             ensemble=mo.ensemble,
             encoder=mo.encoder,
         )

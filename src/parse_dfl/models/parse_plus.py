@@ -155,15 +155,18 @@ class ParsePlusModel(nn.Module):
         personal_head: bool = False,
         local_head: bool = False,
         local_hidden: int = 0,
+        agreement: bool = False,
         ensemble: str = "logits",
         encoder: str = "auto",
     ) -> None:
         """`projectors` False or `projector_hidden` 0: linear projectors (PARSE's fission);
         `fusion_hidden` 0: the synergy width; `synergy_trunk` > 0: the s slices read an own
         trunk of that width per modality (multimodal agents only); `discriminator`: the number
-        of modalities of the dataset (0: no discriminator)."""
+        of modalities of the dataset (0: no discriminator); `agreement`: the heads read the r
+        slices detached, so only the alignment shapes them."""
         super().__init__()
         self.modalities = modalities
+        self.agreement = agreement
         self.split: tuple[int, int, int] = (split[0], split[1], split[2])
         self.ensemble_rule = ensemble
         d_u, d_r, d_s = split
@@ -276,10 +279,13 @@ class ParsePlusModel(nn.Module):
             unique[m], redundant[m] = proj.u(t), proj.r(t)
             if proj.s is not None:
                 synergy[m] = proj.s(t if self.s_trunks is None else self.s_trunks[m](x[m]))
-        heads = slice_heads(self, present, unique, redundant, synergy)
+        # With `agreement` the label reaches r through no head: r holds what the alignment
+        # makes the modalities agree on, and the heads use it as it is.
+        r_in = {m: v.detach() for m, v in redundant.items()} if self.agreement else redundant
+        heads = slice_heads(self, present, unique, r_in, synergy)
         complete = len(present) == len(self.modalities)
         if self.personal is not None and self.personal.head is not None and complete:
-            feats = [unique[m] for m in self.modalities] + [redundant[m] for m in self.modalities]
+            feats = [unique[m] for m in self.modalities] + [r_in[m] for m in self.modalities]
             feats += [synergy[m] for m in self.modalities if m in synergy]
             heads["personal"] = self.personal.head(torch.cat(feats, dim=1))
         stacked = torch.stack(list(heads.values()), dim=0)  # (H, B, C)
