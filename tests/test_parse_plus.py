@@ -17,7 +17,13 @@ from parse_dfl.engines import ENGINES
 from parse_dfl.engines.setup import build_models, build_setup, holder_groups
 from parse_dfl.methods import METHODS
 from parse_dfl.methods.base import Share
-from parse_dfl.methods.disentangle import cross_correlation, hsic, modality_loss
+from parse_dfl.methods.disentangle import (
+    cross_correlation,
+    hsic,
+    modality_loss,
+    predictability,
+    predictor_fit,
+)
 from parse_dfl.methods.parse_plus import (
     ParsePlusMethod,
     allocate_split,
@@ -208,6 +214,7 @@ SWITCHES = [
     "method.plus_discriminator=true",
     "method.plus_residual=true",
     "method.plus_agreement=true",
+    "method.plus_cross=1.0",
     "method.align=false",
     "method.plus_fusion=mlp",
     "method.plus_fusion=tensor",
@@ -346,6 +353,50 @@ def test_agreement_leaves_r_to_the_alignment() -> None:
     assert float(grads[True, "align"].abs().max()) > 1e-4
 
 
+def test_predictability_is_the_squared_correlation_per_unit() -> None:
+    torch.manual_seed(0)
+    u = torch.randn(256, 4)
+    assert float(predictability(3 * u + 1, u)) == pytest.approx(1.0, abs=1e-4)
+    assert float(predictability(-u, u)) == pytest.approx(1.0, abs=1e-4)
+    assert float(predictability(torch.randn(256, 4), u)) < 0.02
+    half = torch.cat([u[:, :2], torch.randn(256, 2)], dim=1)  # two units predicted exactly
+    assert float(predictability(half, u)) == pytest.approx(0.5, abs=0.02)
+    # the fit's target is standardised and constant: scaling u changes nothing
+    p = torch.randn(256, 4, requires_grad=True)
+    assert float(predictor_fit(p, u)) == pytest.approx(float(predictor_fit(p, 10 * u)), rel=1e-4)
+
+
+def test_cross_predictors_are_private_and_split_their_gradients() -> None:
+    """The predictors (one per ordered pair of modalities, multimodal agents only, never
+    shared) learn from their fit alone; the penalty reaches u_a and never the predictors or
+    modality b's slices."""
+    m = method("method.plus_cross=1.0")
+    multi, uni = agent(("acc", "gyro")), agent(("acc",))
+    torch.manual_seed(0)
+    model = m.build_model(multi)
+    assert set(model.cross) == {"acc_from_gyro", "gyro_from_acc"}
+    assert m.share_plan(multi, model)["cross"] is None and "cross" in param_blocks(model)
+    single = m.build_model(uni)
+    assert single.cross is None and "cross" not in m.share_plan(uni, single)
+    x = batch(("acc", "gyro"), n=32)
+    out = model(x)
+    fit, pen = m.cross_terms(model, out)
+    assert 0.0 <= float(pen) <= 1.0
+    pred_w = model.cross["acc_from_gyro"].weight
+    (g_pred,) = torch.autograd.grad(pen, [pred_w], retain_graph=True, allow_unused=True)
+    assert g_pred is None  # the penalty does not train the predictor
+    g_u, g_rb = torch.autograd.grad(
+        pen, [out.unique["acc"], out.redundant["gyro"]], retain_graph=True, allow_unused=True
+    )
+    assert g_u is not None and float(g_u.abs().max()) > 0 and g_rb is None
+    (g_fit,) = torch.autograd.grad(fit, [out.redundant["gyro"]], allow_unused=True)
+    assert g_fit is None  # the predictor reads b's slices as constants
+    # with the switch off nothing changes: the same model, the same loss
+    torch.manual_seed(0)
+    plain = method().build_model(multi)
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), model.parameters()))
+
+
 def test_switched_off_terms_add_nothing() -> None:
     """A zero weight and the switch give the same loss: nothing else hides behind a switch."""
     torch.manual_seed(0)
@@ -459,6 +510,7 @@ def test_synergy_fusion_fits_a_modular_sum_where_mean_fusion_cannot(
         ("method.plus_synergy_trunk=8", "method.plus_fusion=tensor"),
         ("method.plus_residual=true", "method.plus_personal_head=true"),
         ("method.plus_agreement=true", "method.plus_residual=true", "agents.mix=acc:2,acc+gyro:2"),
+        ("method.plus_cross=1.0", "method.plus_local_head=true"),
     ],
 )
 def test_batched_engine_matches_reference(switches: tuple[str, ...]) -> None:

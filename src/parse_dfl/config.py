@@ -258,6 +258,13 @@ class MethodConfig(Section):
         description="parse-plus: the redundant slices learn only from the alignment (what the "
         "modalities agree on); the heads read them without sending the label's gradient back",
     )
+    plus_cross: float = Field(
+        0.0,
+        ge=0,
+        description="parse-plus: weight of a penalty on how well a private predictor reads "
+        "each u_m from the other modalities' slices (multimodal agents; 0: off): what the "
+        "other modality also knows is not unique",
+    )
     plus_discriminator: bool = Field(
         False,
         description="parse-plus: a modality discriminator (shared by all agents) must tell "

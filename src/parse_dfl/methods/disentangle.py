@@ -9,6 +9,8 @@ same thing (docs/results.md, "What the slices hold"). These terms push them apar
   uncorrelated with every unit of r over the batch.
 - `hsic(u, r)`: normalised HSIC with Gaussian kernels (bandwidth: the mean squared pairwise
   distance, held constant): also sees non-linear dependence.
+- `predictability(pred, u)` and `predictor_fit(pred, u)`: how well a predictor reads u from
+  another modality (squared correlation per unit), and the predictor's own training loss.
 - `modality_loss(logits, index)`: cross-entropy of a discriminator asked which modality a
   unique slice came from (ShaSpec's "specific" features must identify their modality).
 
@@ -53,6 +55,19 @@ def hsic(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 DEPENDENCE = {"xcov": cross_correlation, "hsic": hsic}
+
+
+def predictability(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over units of the squared batch correlation between each unit of `target` (B, d)
+    and its prediction `pred` (B, d): 0 when no unit can be read from the predictor's input,
+    1 when every unit is an exact affine image of it."""
+    return (_standardise(pred) * _standardise(target)).mean(dim=0).pow(2).mean()
+
+
+def predictor_fit(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error of `pred` against the standardised, constant `target`: trains the
+    predictor alone, on a target whose scale the encoder cannot game."""
+    return F.mse_loss(pred, _standardise(target).detach())
 
 
 def modality_loss(logits: torch.Tensor, index: int) -> torch.Tensor:

@@ -12,6 +12,8 @@ Loss:  CE(ensemble, y) + lambda_h * sum_heads CE(head, y)
        + beta * L_align                (PARSE's InfoNCE on r; separation for one modality)
        + gamma * L_dep                 (u_m against r_m and against the other modalities' r)
        + delta * L_modality            (a discriminator must tell m from u_m)
+       + cross * L_cross               (how well a private predictor reads u_a from b's
+                                        slices; the predictor fits on constant inputs)
 Share plan (who averages which block):
     enc.m (trunk, u and r projectors),
     head.unique.m                               agents holding modality m
@@ -20,6 +22,7 @@ Share plan (who averages which block):
     head.modality (discriminator)               every agent
     synergy (fusion + synergy head)             agents of the same multimodal type
     personal (ensemble weights, private head)   nobody
+    cross (u_a-from-b predictors)               nobody
 """
 
 from __future__ import annotations
@@ -36,10 +39,15 @@ from parse_dfl.config import Config
 from parse_dfl.data.base import MultimodalDataset
 from parse_dfl.data.partition import AgentSpec
 from parse_dfl.methods.base import Share, SharePlan
-from parse_dfl.methods.disentangle import DEPENDENCE, modality_loss
+from parse_dfl.methods.disentangle import (
+    DEPENDENCE,
+    modality_loss,
+    predictability,
+    predictor_fit,
+)
 from parse_dfl.methods.parse import ParseMethod
 from parse_dfl.models.parse import ParseOutput
-from parse_dfl.models.parse_plus import ParsePlusModel
+from parse_dfl.models.parse_plus import ParsePlusModel, cross_key
 
 FLOOR = 0.125  # least share of the embedding any slice gets from a PID-derived split
 
@@ -138,6 +146,7 @@ class ParsePlusMethod(ParseMethod):
             local_head=mc.plus_local_head,
             local_hidden=mc.plus_local_hidden,
             agreement=mc.plus_agreement,
+            cross=mc.plus_cross > 0,
             ensemble=mo.ensemble,
             encoder=mo.encoder,
         )
@@ -170,6 +179,24 @@ class ParsePlusMethod(ParseMethod):
         terms += [dep(out.unique[a], r[b]) for a, b in permutations(mods, 2)]
         return torch.stack(terms).mean()
 
+    def cross_terms(
+        self, model: ParsePlusModel, out: ParseOutput
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the predictors' fit, the encoder's penalty), each a mean over ordered pairs (a, b).
+
+        A private linear predictor learns to read u_a from modality b's slices (held
+        constant); the penalty is how well it does, the squared correlation of each unit of
+        u_a with its prediction (held constant). What b also knows is redundant, so it should
+        leave u_a; what only a knows cannot be predicted and stays."""
+        assert model.cross is not None
+        fit, pen = [], []
+        for a, b in permutations(list(out.unique), 2):
+            src = torch.cat([out.unique[b], out.redundant[b], out.synergy[b]], dim=1)
+            pred = model.cross[cross_key(a, b)](src.detach())
+            fit.append(predictor_fit(pred, out.unique[a]))
+            pen.append(predictability(pred.detach(), out.unique[a]))
+        return torch.stack(fit).mean(), torch.stack(pen).mean()
+
     def discrimination(self, model: ParsePlusModel, out: ParseOutput) -> torch.Tensor:
         """Mean cross-entropy of the discriminator naming each unique slice's modality."""
         assert model.discriminator is not None
@@ -191,6 +218,9 @@ class ParsePlusMethod(ParseMethod):
             total = total + mc.plus_delta * self.discrimination(model, out)
         if model.local_head is not None:
             total = total + F.cross_entropy(self.corrected(model, out, detach=True), y)
+        if model.cross is not None and len(out.unique) == len(model.modalities):
+            fit, pen = self.cross_terms(model, out)
+            total = total + fit + mc.plus_cross * pen
         return total
 
     @staticmethod
@@ -224,6 +254,8 @@ class ParsePlusMethod(ParseMethod):
             plan["personal"] = None
         if mc.plus_local_head:
             plan["local"] = None
+        if mc.plus_cross > 0 and len(agent.modalities) >= 2:
+            plan["cross"] = None
         return plan
 
     def summary(self) -> dict[str, Any]:

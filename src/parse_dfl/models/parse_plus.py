@@ -20,6 +20,7 @@ mean fusion followed by a linear head cannot express it (tests/test_parse_plus.p
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import permutations
 from typing import cast
 
 import torch
@@ -133,6 +134,11 @@ class Personal(nn.Module):
         self.head = nn.Linear(in_dim, n_classes) if head else None
 
 
+def cross_key(a: str, b: str) -> str:
+    """Name of the predictor that reads u_a from modality b's slices."""
+    return f"{a}_from_{b}"
+
+
 class ParsePlusModel(nn.Module):
     def __init__(
         self,
@@ -156,6 +162,7 @@ class ParsePlusModel(nn.Module):
         local_head: bool = False,
         local_hidden: int = 0,
         agreement: bool = False,
+        cross: bool = False,
         ensemble: str = "logits",
         encoder: str = "auto",
     ) -> None:
@@ -163,7 +170,8 @@ class ParsePlusModel(nn.Module):
         `fusion_hidden` 0: the synergy width; `synergy_trunk` > 0: the s slices read an own
         trunk of that width per modality (multimodal agents only); `discriminator`: the number
         of modalities of the dataset (0: no discriminator); `agreement`: the heads read the r
-        slices detached, so only the alignment shapes them."""
+        slices detached, so only the alignment shapes them; `cross` (multimodal agents): one
+        linear predictor per ordered pair of modalities (a, b) reading u_a from b's slices."""
         super().__init__()
         self.modalities = modalities
         self.agreement = agreement
@@ -230,6 +238,15 @@ class ParsePlusModel(nn.Module):
                 if local_hidden
                 else last
             )
+        # Built after the private head, for the same reason.
+        self.cross: nn.ModuleDict | None = None
+        if cross and self.multimodal:
+            self.cross = nn.ModuleDict(
+                {
+                    cross_key(a, b): nn.Linear(d_u + d_r + d_s, d_u)
+                    for a, b in permutations(modalities, 2)
+                }
+            )
 
     def slice_width(self) -> int:
         """Width of all the agent's slices side by side (`slices`)."""
@@ -263,6 +280,8 @@ class ParsePlusModel(nn.Module):
             blocks["personal"] = ["personal"]
         if self.local_head is not None:
             blocks["local"] = ["local_head"]
+        if self.cross is not None:
+            blocks["cross"] = ["cross"]
         return blocks
 
     def forward(self, x: dict[str, torch.Tensor]) -> ParseOutput:
