@@ -215,6 +215,7 @@ SWITCHES = [
     "method.plus_residual=true",
     "method.plus_agreement=true",
     "method.plus_cross=1.0",
+    "method.plus_adversary=1.0",
     "method.align=false",
     "method.plus_fusion=mlp",
     "method.plus_fusion=tensor",
@@ -397,6 +398,41 @@ def test_cross_predictors_are_private_and_split_their_gradients() -> None:
     assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), model.parameters()))
 
 
+def test_the_adversary_learns_from_its_fit_and_confuses_through_u_only() -> None:
+    """The classifiers (private, multimodal agents only) are trained by their fit alone, on
+    constant inputs and targets; the confusion loss reaches u_a, never the classifiers nor
+    modality b's slices; a classifier with equal logits leaves u nothing to do."""
+    m = method("method.plus_adversary=1.0")
+    multi, uni = agent(("acc", "gyro")), agent(("acc",))
+    torch.manual_seed(0)
+    model = m.build_model(multi)
+    assert set(model.adversary) == {"acc_from_gyro", "gyro_from_acc"}
+    assert m.share_plan(multi, model)["adversary"] is None
+    assert m.build_model(uni).adversary is None
+    out = model(batch(("acc", "gyro"), n=32))
+    fit, confuse = m.adversary_terms(model, out)
+    adv_w = model.adversary["acc_from_gyro"].weight
+    (g,) = torch.autograd.grad(confuse, [adv_w], retain_graph=True, allow_unused=True)
+    assert g is None
+    g_u, g_b = torch.autograd.grad(
+        confuse, [out.unique["acc"], out.unique["gyro"]], retain_graph=True, allow_unused=True
+    )
+    assert g_u is not None and float(g_u.abs().max()) > 0
+    assert g_b is not None  # u_gyro is the target of the gyro_from_acc pair ...
+    g_fit = torch.autograd.grad(
+        fit, [adv_w, out.unique["acc"], out.redundant["gyro"]], allow_unused=True
+    )
+    assert g_fit[0] is not None and g_fit[1] is None and g_fit[2] is None  # ... never an input
+    for adv in model.adversary.values():  # equal logits: the confusion loss is at its floor
+        nn.init.zeros_(adv.weight)
+        nn.init.zeros_(adv.bias)
+    out = model(batch(("acc", "gyro"), n=32))
+    _, confuse = m.adversary_terms(model, out)
+    (g_u,) = torch.autograd.grad(confuse, [out.unique["acc"]])
+    assert float(g_u.abs().max()) == 0.0
+    assert float(confuse) == pytest.approx(float(np.log(4)), rel=1e-6)
+
+
 def test_switched_off_terms_add_nothing() -> None:
     """A zero weight and the switch give the same loss: nothing else hides behind a switch."""
     torch.manual_seed(0)
@@ -511,6 +547,7 @@ def test_synergy_fusion_fits_a_modular_sum_where_mean_fusion_cannot(
         ("method.plus_residual=true", "method.plus_personal_head=true"),
         ("method.plus_agreement=true", "method.plus_residual=true", "agents.mix=acc:2,acc+gyro:2"),
         ("method.plus_cross=1.0", "method.plus_local_head=true"),
+        ("method.plus_adversary=1.0", "method.plus_agreement=true"),
     ],
 )
 def test_batched_engine_matches_reference(switches: tuple[str, ...]) -> None:

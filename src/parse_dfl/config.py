@@ -265,6 +265,13 @@ class MethodConfig(Section):
         "each u_m from the other modalities' slices (multimodal agents; 0: off): what the "
         "other modality also knows is not unique",
     )
+    plus_adversary: float = Field(
+        0.0,
+        ge=0,
+        description="parse-plus: weight of a confusion loss that keeps a private classifier "
+        "from reading, in each u_m, what the other modalities predict (multimodal agents; "
+        "0: off)",
+    )
     plus_discriminator: bool = Field(
         False,
         description="parse-plus: a modality discriminator (shared by all agents) must tell "

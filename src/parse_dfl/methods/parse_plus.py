@@ -14,6 +14,8 @@ Loss:  CE(ensemble, y) + lambda_h * sum_heads CE(head, y)
        + delta * L_modality            (a discriminator must tell m from u_m)
        + cross * L_cross               (how well a private predictor reads u_a from b's
                                         slices; the predictor fits on constant inputs)
+       + adversary * L_confuse         (a private classifier must not read from u_a what
+                                        b's own heads predict)
 Share plan (who averages which block):
     enc.m (trunk, u and r projectors),
     head.unique.m                               agents holding modality m
@@ -23,6 +25,7 @@ Share plan (who averages which block):
     synergy (fusion + synergy head)             agents of the same multimodal type
     personal (ensemble weights, private head)   nobody
     cross (u_a-from-b predictors)               nobody
+    adversary (q_b-from-u_a classifiers)        nobody
 """
 
 from __future__ import annotations
@@ -147,6 +150,7 @@ class ParsePlusMethod(ParseMethod):
             local_hidden=mc.plus_local_hidden,
             agreement=mc.plus_agreement,
             cross=mc.plus_cross > 0,
+            adversary=mc.plus_adversary > 0,
             ensemble=mo.ensemble,
             encoder=mo.encoder,
         )
@@ -197,6 +201,31 @@ class ParsePlusMethod(ParseMethod):
             pen.append(predictability(pred.detach(), out.unique[a]))
         return torch.stack(fit).mean(), torch.stack(pen).mean()
 
+    def adversary_terms(
+        self, model: ParsePlusModel, out: ParseOutput
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the adversaries' fit, the encoder's confusion loss), means over ordered pairs.
+
+        What modality b predicts on its own, q_b (its unique and redundant heads, held
+        constant), is what b knows about the label. A private classifier learns to read q_b
+        from u_a (held constant); u_a is then pushed to make that classifier's output uniform
+        (its weights held constant). Where b knows the label, it leaves u_a; where b knows
+        nothing, q_b carries no label and u_a keeps it. Unlike a correlation penalty, the
+        classifier reads u_a as a probe does."""
+        assert model.adversary is not None
+        fit, confuse = [], []
+        for a, b in permutations(list(out.unique), 2):
+            q_b = torch.softmax(
+                (model.unique_heads[b](out.unique[b]) + model.redundant_head(out.redundant[b])) / 2,
+                dim=-1,
+            ).detach()
+            adv = model.adversary[cross_key(a, b)]
+            assert isinstance(adv, nn.Linear)
+            fit.append(-(q_b * F.log_softmax(adv(out.unique[a].detach()), dim=-1)).sum(1).mean())
+            frozen = F.linear(out.unique[a], adv.weight.detach(), adv.bias.detach())
+            confuse.append(-F.log_softmax(frozen, dim=-1).mean())
+        return torch.stack(fit).mean(), torch.stack(confuse).mean()
+
     def discrimination(self, model: ParsePlusModel, out: ParseOutput) -> torch.Tensor:
         """Mean cross-entropy of the discriminator naming each unique slice's modality."""
         assert model.discriminator is not None
@@ -221,6 +250,9 @@ class ParsePlusMethod(ParseMethod):
         if model.cross is not None and len(out.unique) == len(model.modalities):
             fit, pen = self.cross_terms(model, out)
             total = total + fit + mc.plus_cross * pen
+        if model.adversary is not None and len(out.unique) == len(model.modalities):
+            fit, confuse = self.adversary_terms(model, out)
+            total = total + fit + mc.plus_adversary * confuse
         return total
 
     @staticmethod
@@ -256,6 +288,8 @@ class ParsePlusMethod(ParseMethod):
             plan["local"] = None
         if mc.plus_cross > 0 and len(agent.modalities) >= 2:
             plan["cross"] = None
+        if mc.plus_adversary > 0 and len(agent.modalities) >= 2:
+            plan["adversary"] = None
         return plan
 
     def summary(self) -> dict[str, Any]:

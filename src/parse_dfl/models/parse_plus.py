@@ -163,6 +163,7 @@ class ParsePlusModel(nn.Module):
         local_hidden: int = 0,
         agreement: bool = False,
         cross: bool = False,
+        adversary: bool = False,
         ensemble: str = "logits",
         encoder: str = "auto",
     ) -> None:
@@ -171,7 +172,9 @@ class ParsePlusModel(nn.Module):
         trunk of that width per modality (multimodal agents only); `discriminator`: the number
         of modalities of the dataset (0: no discriminator); `agreement`: the heads read the r
         slices detached, so only the alignment shapes them; `cross` (multimodal agents): one
-        linear predictor per ordered pair of modalities (a, b) reading u_a from b's slices."""
+        linear predictor per ordered pair of modalities (a, b) reading u_a from b's slices;
+        `adversary` (multimodal agents): one linear classifier per ordered pair reading from
+        u_a what modality b predicts."""
         super().__init__()
         self.modalities = modalities
         self.agreement = agreement
@@ -247,6 +250,11 @@ class ParsePlusModel(nn.Module):
                     for a, b in permutations(modalities, 2)
                 }
             )
+        self.adversary: nn.ModuleDict | None = None
+        if adversary and self.multimodal:
+            self.adversary = nn.ModuleDict(
+                {cross_key(a, b): nn.Linear(d_u, n_classes) for a, b in permutations(modalities, 2)}
+            )
 
     def slice_width(self) -> int:
         """Width of all the agent's slices side by side (`slices`)."""
@@ -282,6 +290,8 @@ class ParsePlusModel(nn.Module):
             blocks["local"] = ["local_head"]
         if self.cross is not None:
             blocks["cross"] = ["cross"]
+        if self.adversary is not None:
+            blocks["adversary"] = ["adversary"]
         return blocks
 
     def forward(self, x: dict[str, torch.Tensor]) -> ParseOutput:
