@@ -1,7 +1,10 @@
 """Do the slices specialise? One table over a sweep's PARSE and parse-plus runs.
 
 For every finished parse / parse-plus run under a sweep folder, `probe_run` (parse-dfl probe)
-on the first multimodal agent; per (setting, method) the mean over seeds of:
+on the first multimodal agent, on the samples a diagnostic of that run may read (the
+validation set of a tuning run, else the test set); per (setting, method) the mean over
+seeds of:
+- the run's global accuracy (%) on those samples;
 - linear-probe accuracy (%) of u_a, r_a, s_a: which slice carries the label;
 - u_a vs r_a within modality a: linear CKA and mean canonical correlation (PARSE's slices are
   linear images of one hidden vector: CCA near 1 says the fission is not real);
@@ -27,6 +30,7 @@ import numpy as np
 from parse_dfl.diagnostics import probe_run
 
 COLUMNS = [  # (header, function of a probe result)
+    ("accuracy %", lambda r: 100 * r["accuracy"]),
     ("u_a %", lambda r: 100 * r["probe"]["accuracy"]["u_a"]),
     ("r_a %", lambda r: 100 * r["probe"]["accuracy"]["r_a"]),
     ("s_a %", lambda r: 100 * r["probe"]["accuracy"]["s_a"]),
@@ -62,6 +66,7 @@ def main() -> None:
 
     rows: dict[tuple[str, str], list[list[float]]] = defaultdict(list)
     raw = []
+    samples: set[str] = set()
     for res_path in sorted(args.sweep.rglob("results.json")):
         results = json.loads(res_path.read_text())
         cfg = results.get("config", {})
@@ -80,12 +85,23 @@ def main() -> None:
         # k-means cells per slice: the number of classes (probe_run's default), at most
         # --max-clusters (a 64-class label would make each slice PID a 64x64x64 problem)
         res = probe_run(res_path.parent, clusters=min(int(results["n_classes"]), args.max_clusters))
+        # the run's own accuracy on the samples the probe read (validation on a tuning run)
+        key = "mean_val_accuracy" if res["samples"] == "validation" else "mean_accuracy"
+        res["accuracy"] = float(results[key])
+        samples.add(res["samples"])
         rows[(setting, method)].append([f(res) for _, f in COLUMNS])
         raw.append(
-            {"setting": setting, "method": method, "seed": seed, **{h: f(res) for h, f in COLUMNS}}
+            {
+                "setting": setting,
+                "method": method,
+                "seed": seed,
+                "samples": res["samples"],
+                **{h: f(res) for h, f in COLUMNS},
+            }
         )
     if not rows:
         raise SystemExit(f"no finished {'/'.join(args.methods)} runs under {args.sweep}")
+    print(f"samples: global {' and '.join(sorted(samples))} set (accuracy: the run's, global)")
     head = ["setting", "method", "seeds"] + [h for h, _ in COLUMNS]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))

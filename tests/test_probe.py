@@ -159,6 +159,23 @@ def test_missing_modality_accuracy(runs: dict[str, Path], name: str) -> None:
     assert set(res["unimodal"]) == {"acc", "gyro"}
 
 
+def test_a_tuning_run_is_diagnosed_on_its_validation_set(tmp_path: Path) -> None:
+    """With partition.val_fraction the probes and the failed-sensor figures read the
+    validation samples (what a tuning choice may look at), never the test split."""
+    out = _train(tmp_path, "tune", *SYNTHETIC, "partition.val_fraction=0.25")
+    results = json.loads((out / "results.json").read_text())
+    miss = missing_modality_accuracy(out)
+    assert miss["samples"] == "validation"
+    assert miss["global_test_size"] == results["val_global_size"] != results["global_test_size"]
+    multi = [a for a in results["agents"] if len(a["modalities"]) >= 2]
+    for row, a in zip(miss["agents"], multi, strict=True):
+        assert row["all"] == pytest.approx(a["val_accuracy"])  # the validation protocol
+    assert results["missing_modality"]["mean"] == miss["mean"]  # as the run wrote it
+    probe = probe_run(out)
+    assert probe["samples"] == "validation" and probe["n_samples"] == results["val_global_size"]
+    assert probe_run(_train(tmp_path, "final", *SYNTHETIC))["samples"] == "test"
+
+
 def test_missing_cli(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "missing.json"
     argv = ["missing", str(runs["parse"]), str(runs["dsgd-modality"]), "--json", str(out)]

@@ -43,24 +43,26 @@ def missing_modality(setup: Any, models: list[Any]) -> dict[str, Any] | None:
     """What `missing_modality_accuracy` measures, on a setup and its agents' trained models
     (None when no agent is multimodal): modalities, global_test_size, agents, by_type, mean
     and unimodal, as described there. The models are left as they were."""
+    from parse_dfl.engines.setup import held_out
     from parse_dfl.evaluation import accuracy
     from parse_dfl.models.monolithic import FusionClassifier
 
     s = setup
+    idx, samples = held_out(s)
     rows: list[dict[str, Any]] = []
     unimodal: dict[str, list[float]] = defaultdict(list)
     for agent, model in zip(s.agents, models, strict=True):
         mods = list(agent.modalities)
         if len(mods) < 2:
-            unimodal[mods[0]].append(accuracy(s.method, model, mods, s.x, s.y, s.global_test))
+            unimodal[mods[0]].append(accuracy(s.method, model, mods, s.x, s.y, idx))
             continue
         saved = getattr(model, "held", None)
         if isinstance(model, FusionClassifier):
             model.held = frozenset(mods)  # a held modality absent from x: a failed sensor
         try:
-            full = accuracy(s.method, model, mods, s.x, s.y, s.global_test)
+            full = accuracy(s.method, model, mods, s.x, s.y, idx)
             dropped = {
-                m: accuracy(s.method, model, [k for k in mods if k != m], s.x, s.y, s.global_test)
+                m: accuracy(s.method, model, [k for k in mods if k != m], s.x, s.y, idx)
                 for m in mods
             }
         finally:
@@ -94,7 +96,8 @@ def missing_modality(setup: Any, models: list[Any]) -> dict[str, Any] | None:
         types[r["type"]].append(r)
     return {
         "modalities": list(s.data.modalities),
-        "global_test_size": int(len(s.global_test)),
+        "global_test_size": int(len(idx)),
+        "samples": samples,
         "agents": rows,
         "by_type": {t: summary(g) for t, g in types.items()},
         "mean": summary(rows),
@@ -105,7 +108,11 @@ def missing_modality(setup: Any, models: list[Any]) -> dict[str, Any] | None:
 def missing_modality_accuracy(run_dir: str | Path) -> dict[str, Any]:
     """Accuracy of a run's multimodal agents with all modalities and with each one dropped.
 
+    The samples are the global test set, or the validation set of a tuning run
+    (partition.val_fraction > 0): `samples` says which, `global_test_size` how many.
+
     Returns a dict: run_dir, method, dataset, modalities (of the dataset), global_test_size,
+    samples,
     agents [{id, type, modalities, all, dropped: {m: accuracy without m}}] (multimodal agents
     only), by_type {type: {all, dropped: {m: ...}}}, mean {all, dropped: {m: mean over the
     multimodal agents holding m}} and unimodal {m: mean accuracy of the run's agents that hold
@@ -147,8 +154,10 @@ def format_missing(results: list[dict[str, Any]]) -> str:
         row += [f"{100 * r['unimodal'][m]:.1f}" if m in r["unimodal"] else "-" for m in mods]
         rows.append(row)
     n = {len(r["agents"]) for r in results}
+    sets = sorted({r.get("samples", "test") for r in results})
     return (
         "global-protocol accuracy in % of the multimodal agents (mean over "
         f"{'/'.join(map(str, sorted(n)))} agents) with every modality and with one dropped at "
-        "test time; unimodal agents of the same run for scale\n" + text_table(rows)
+        f"test time, on the global {' / '.join(sets)} set; unimodal agents of the same run "
+        "for scale\n" + text_table(rows)
     )

@@ -229,7 +229,11 @@ def probe_run(
     `seed` fixes the probe split, the random pairing and k-means; `shuffles` label
     permutations give the PID's null figures.
 
-    Returns a dict: run_dir, method, dataset, agent, type, modalities, n_samples, n_classes,
+    The samples are the global test set, or the validation set of a tuning run
+    (partition.val_fraction > 0; `samples` says which).
+
+    Returns a dict: run_dir, method, dataset, agent, type, modalities, n_samples, samples,
+    n_classes,
     split, chance (share of the commonest class), warnings (too few held-out samples for the
     probes, too few per cell for the slice PIDs), probe {accuracy: {u_<m>, r_<m>, s_<m>, ...,
     r_fused, s_fused}, n_train, n_test, seed}, heads {unique.<m>, redundant, synergy,
@@ -242,6 +246,7 @@ def probe_run(
     nor parse-plus.
     """
     from parse_dfl.diagnostics.pid import pid_estimate
+    from parse_dfl.engines.setup import held_out
     from parse_dfl.experiments.run import load_run
     from parse_dfl.models.parse import ParseModel
     from parse_dfl.models.parse_plus import ParsePlusModel
@@ -259,7 +264,7 @@ def probe_run(
     if not isinstance(model, ParseModel | ParsePlusModel):
         raise UserError(str(run_dir), "the run's models are not PARSE or parse-plus models")
     mods = list(model.modalities)
-    idx = setup.global_test
+    idx, samples = held_out(setup)
     emb = _embed(model, setup.x, idx)
     y = setup.y[idx].cpu().numpy()
     n_classes = int(setup.data.n_classes)
@@ -313,6 +318,7 @@ def probe_run(
         "type": agents[agent]["type"],
         "modalities": mods,
         "n_samples": int(len(y)),
+        "samples": samples,
         "n_classes": n_classes,
         "split": list(model.split),
         "chance": float(counts.max() / max(1, counts.sum())),
@@ -363,7 +369,8 @@ def format_probe(res: dict[str, Any]) -> str:
     acc = res["probe"]["accuracy"]
     lines = [
         f"{res['method']} agent {res['agent']} ({res['type']}) of {res['run_dir']} on the "
-        f"global test set ({res['n_samples']} samples, {res['n_classes']} classes, chance "
+        f"global {res.get('samples', 'test')} set ({res['n_samples']} samples, "
+        f"{res['n_classes']} classes, chance "
         f"{100 * res['chance']:.1f} %, slices u/r/s = {'/'.join(map(str, res['split']))} units)",
         "",
         f"(a) linear-probe accuracy in % (train on {res['probe']['n_train']}, score on "

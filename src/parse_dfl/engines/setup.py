@@ -66,6 +66,16 @@ class Setup:
     val_idx: list[torch.Tensor] = field(default_factory=list)
 
 
+def held_out(setup: Setup) -> tuple[torch.Tensor, str]:
+    """(samples, "validation" | "test"): what a diagnostic of a trained run reads. A tuning
+    run (partition.val_fraction > 0) is read on its validation set, so nothing chosen from
+    its probes or failed-sensor figures has seen the test split; any other run on the global
+    test set."""
+    if setup.val_global is not None:
+        return setup.val_global, "validation"
+    return setup.global_test, "test"
+
+
 def resolve_device(name: str) -> torch.device:
     """The torch device of `engine.device`; one UserError when this machine lacks it (why: torch
     would fail later, mid-setup, with a traceback)."""
