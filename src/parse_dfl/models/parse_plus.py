@@ -135,7 +135,8 @@ class Personal(nn.Module):
 
 
 def cross_key(a: str, b: str) -> str:
-    """Name of the predictor that reads u_a from modality b's slices."""
+    """Name of the ordered pair (a, b)'s private module: the predictor of u_a from modality
+    b's slices (`cross`), or the classifier of b's prediction from u_a (`adversary`)."""
     return f"{a}_from_{b}"
 
 
