@@ -395,7 +395,11 @@ def test_cross_predictors_are_private_and_split_their_gradients() -> None:
     # with the switch off nothing changes: the same model, the same loss
     torch.manual_seed(0)
     plain = method().build_model(multi)
-    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), model.parameters()))
+    mine = dict(model.named_parameters())
+    assert all(torch.equal(p, mine[n]) for n, p in plain.named_parameters())
+    assert set(mine) - {n for n, _ in plain.named_parameters()} == {
+        n for n in mine if n.startswith("cross.")
+    }
 
 
 def test_the_adversary_learns_from_its_fit_and_confuses_through_u_only() -> None:
