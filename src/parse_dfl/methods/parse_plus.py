@@ -30,6 +30,7 @@ Share plan (who averages which block):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import combinations, permutations
 from typing import Any
 
@@ -183,6 +184,14 @@ class ParsePlusMethod(ParseMethod):
         terms += [dep(out.unique[a], r[b]) for a, b in permutations(mods, 2)]
         return torch.stack(terms).mean()
 
+    @staticmethod
+    def over_pairs(
+        out: ParseOutput, term: Callable[[str, str], tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means over the ordered pairs of modalities (a, b) of the two parts of `term`."""
+        parts = [term(a, b) for a, b in permutations(list(out.unique), 2)]
+        return torch.stack([p[0] for p in parts]).mean(), torch.stack([p[1] for p in parts]).mean()
+
     def cross_terms(
         self, model: ParsePlusModel, out: ParseOutput
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,39 +201,44 @@ class ParsePlusMethod(ParseMethod):
         constant); the penalty is how well it does, the squared correlation of each unit of
         u_a with its prediction (held constant). What b also knows is redundant, so it should
         leave u_a; what only a knows cannot be predicted and stays."""
-        assert model.cross is not None
-        fit, pen = [], []
-        for a, b in permutations(list(out.unique), 2):
+        cross = model.cross
+        assert cross is not None
+
+        def term(a: str, b: str) -> tuple[torch.Tensor, torch.Tensor]:
             src = torch.cat([out.unique[b], out.redundant[b], out.synergy[b]], dim=1)
-            pred = model.cross[cross_key(a, b)](src.detach())
-            fit.append(predictor_fit(pred, out.unique[a]))
-            pen.append(predictability(pred.detach(), out.unique[a]))
-        return torch.stack(fit).mean(), torch.stack(pen).mean()
+            pred = cross[cross_key(a, b)](src.detach())
+            return predictor_fit(pred, out.unique[a]), predictability(pred.detach(), out.unique[a])
+
+        return self.over_pairs(out, term)
 
     def adversary_terms(
         self, model: ParsePlusModel, out: ParseOutput
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(the adversaries' fit, the encoder's confusion loss), means over ordered pairs.
 
-        What modality b predicts on its own, q_b (its unique and redundant heads, held
-        constant), is what b knows about the label. A private classifier learns to read q_b
-        from u_a (held constant); u_a is then pushed to make that classifier's output uniform
-        (its weights held constant). Where b knows the label, it leaves u_a; where b knows
-        nothing, q_b carries no label and u_a keeps it. Unlike a correlation penalty, the
-        classifier reads u_a as a probe does."""
-        assert model.adversary is not None
-        fit, confuse = [], []
-        for a, b in permutations(list(out.unique), 2):
-            q_b = torch.softmax(
-                (model.unique_heads[b](out.unique[b]) + model.redundant_head(out.redundant[b])) / 2,
-                dim=-1,
+        What modality b predicts on its own, q_b (its unique head, already in `out`, and the
+        redundant head on r_b alone, held constant), is what b knows about the label. A
+        private classifier learns to read q_b from u_a (held constant); u_a is then pushed to
+        make that classifier's output uniform (its weights held constant). Where b knows the
+        label, it leaves u_a; where b knows nothing, q_b carries no label and u_a keeps it.
+        Unlike a correlation penalty, the classifier reads u_a as a probe does."""
+        adversary = model.adversary
+        assert adversary is not None
+        q = {
+            b: torch.softmax(
+                (out.heads[f"unique.{b}"] + model.redundant_head(out.redundant[b])) / 2, dim=-1
             ).detach()
-            adv = model.adversary[cross_key(a, b)]
+            for b in out.unique
+        }
+
+        def term(a: str, b: str) -> tuple[torch.Tensor, torch.Tensor]:
+            adv = adversary[cross_key(a, b)]
             assert isinstance(adv, nn.Linear)
-            fit.append(-(q_b * F.log_softmax(adv(out.unique[a].detach()), dim=-1)).sum(1).mean())
+            fit = -(q[b] * F.log_softmax(adv(out.unique[a].detach()), dim=-1)).sum(1).mean()
             frozen = F.linear(out.unique[a], adv.weight.detach(), adv.bias.detach())
-            confuse.append(-F.log_softmax(frozen, dim=-1).mean())
-        return torch.stack(fit).mean(), torch.stack(confuse).mean()
+            return fit, -F.log_softmax(frozen, dim=-1).mean()
+
+        return self.over_pairs(out, term)
 
     def discrimination(self, model: ParsePlusModel, out: ParseOutput) -> torch.Tensor:
         """Mean cross-entropy of the discriminator naming each unique slice's modality."""
