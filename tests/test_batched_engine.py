@@ -150,6 +150,16 @@ def test_faults_and_idle_agents_match_reference(monkeypatch) -> None:
     )
 
 
+def test_relinked_holders_after_a_crash_match_reference() -> None:
+    # agents down in rounds 2-3 and back in round 4: the holder graphs change twice
+    assert_same(
+        "faults.crash_fraction=0.34",
+        "faults.crash_round=2",
+        "faults.crash_rounds=2",
+        "faults.relink=true",
+    )
+
+
 @pytest.mark.parametrize(
     "attack",
     [

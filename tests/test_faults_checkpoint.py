@@ -111,3 +111,37 @@ def test_resume_refuses_finished_and_empty_folders(tmp_path) -> None:
         resume_config(tmp_path / "done")
     with pytest.raises(UserError):
         resume_config(tmp_path / "empty")
+
+
+def _crash_engine(*sets: str):
+    from parse_dfl.engines import ENGINES
+    from parse_dfl.engines.setup import build_setup
+
+    base = ("agents.mix=acc:4,gyro:4,acc+gyro:4", "faults.crash_fraction=0.34")
+    return ENGINES["reference"](build_setup(quick_config(*base, *sets)))
+
+
+def test_a_crash_that_cuts_holder_rings_is_reported_and_relink_mends_it() -> None:
+    with pytest.warns(RuntimeWarning, match="the crash cuts the live holders"):
+        cut = _crash_engine()
+    pieces = {b: d["live_components"] for b, d in cut.schedule.describe().items()}
+    assert max(pieces.values()) > 1, pieces  # 4 of 12 down: some ring of holders breaks
+    relinked = _crash_engine("faults.relink=true", "faults.crash_round=2", "faults.crash_rounds=3")
+    down = set(relinked.faults.crashing.tolist())
+    for b, d in relinked.schedule.describe().items():
+        assert d["live_components"] == 1, b
+        assert d["live_holders"] == d["holders"] - sum(
+            a in down for a in relinked.groups[[g.label for g in relinked.groups].index(b)].holders
+        )
+    for k, g in enumerate(relinked.groups):
+        before = relinked.schedule.holder_graph(k, 1)
+        assert set(before.edges()) == set(
+            relinked.setup.topology.holder_graph(g.holders, g.tags, 1).edges()
+        )
+        W, deg = relinked.schedule.mixing(k, 3)  # down in rounds 2-4
+        for row, a in enumerate(g.holders):
+            if a in down:
+                assert deg[row] == 0 and W[row, row] == 1.0
+        assert np.allclose(np.asarray(W.sum(axis=0)).ravel(), 1.0)
+        back = relinked.schedule.holder_graph(k, 5)  # everyone up again: the original graph
+        assert set(back.edges()) == set(before.edges())

@@ -433,6 +433,12 @@ class FaultsConfig(Section):
     message_loss: float = Field(
         0.0, ge=0, lt=1, description="chance one block message on a link is lost in a round"
     )
+    relink: bool = Field(
+        False,
+        description="while agents are down, each block's holder graph is drawn again over its "
+        "live holders (topology.holder_graph=overlay; the induced graph has no links to add), "
+        "so a crash does not cut a block's holders into pieces that never agree again",
+    )
 
     @property
     def active(self) -> bool:

@@ -110,14 +110,35 @@ class Engine(ABC):
     def _warn_fragments(self) -> None:
         """Say when a block's holders cannot agree: on a fixed graph, a holder graph in several
         components averages each component apart for the whole run (on a ring, the induced
-        holder graph of a modality's encoder typically falls into 6-8 pieces)."""
-        if not self.schedule.static or not self.writes_output:  # one process says it
+        holder graph of a modality's encoder typically falls into 6-8 pieces); so does a
+        crash that cuts the live holders of a block apart."""
+        if not self.writes_output:  # one process says it
             return
-        split = {
-            label: d["components"]
-            for label, d in self.schedule.describe().items()
-            if d["components"] > 1
-        }
+        described = self.schedule.describe()
+        if self.setup.cfg.faults.crash_fraction > 0:
+            cut = {
+                label: d["live_components"]
+                for label, d in described.items()
+                if d["live_components"] > 1
+            }
+            if cut:
+                shown = ", ".join(f"{b} {n}" for b, n in list(cut.items())[:4])
+                more = f" and {len(cut) - 4} more" if len(cut) > 4 else ""
+                hint = (
+                    "topology.holder_graph=overlay lets them re-link"
+                    if self.setup.cfg.faults.relink
+                    else "faults.relink=true re-links the live holders"
+                )
+                warnings.warn(
+                    f"the crash cuts the live holders of {len(cut)} block(s) into pieces "
+                    f"(components: {shown}{more}); each piece averages on its own while the "
+                    f"agents are down. {hint}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        if not self.schedule.static:
+            return
+        split = {label: d["components"] for label, d in described.items() if d["components"] > 1}
         if split:
             shown = ", ".join(f"{b} {n}" for b, n in list(split.items())[:4])
             more = f" and {len(split) - 4} more" if len(split) > 4 else ""
