@@ -5,6 +5,13 @@ Two committed exports (`parse-dfl report RUNS --export docs/results`) that diffe
 and initial values): the per-seed difference B - A of a method's mean accuracy, with its 95 %
 t interval (experiments/stats.py), says whether the change moved that method. Runs are
 matched on (method, seed, and every config key given with --key, e.g. data.setting).
+`--where-a` / `--where-b KEY=VALUE` keep only the runs of one export (or of one grid cell
+of it) whose config has that value, so a grid cell can be paired with the clean runs of
+another table: the cost of an attack on the honest agents, say,
+
+    .venv/bin/python scripts/paired_exports.py docs/results/watch-main-overlay-tuned.jsonl.gz \
+        docs/results/watch-attacks-overlay-tuned.jsonl.gz --where-b attack.fraction=0.2 \
+        --where-b robust.rule=mean --metric mean_accuracy_honest
 
     .venv/bin/python scripts/paired_exports.py docs/results/watch-main-overlay-160-tuned.jsonl.gz \\
         docs/results/watch-main-overlay-tuned.jsonl.gz
@@ -21,13 +28,23 @@ from parse_dfl.experiments.export import read_export
 from parse_dfl.experiments.stats import paired_by_seed
 
 
-def by_method(path: Path, keys: list[str], metric: str) -> dict[tuple[str, ...], dict[int, float]]:
-    """(method, *key values) -> seed -> `metric` in % of one export."""
+def by_method(
+    path: Path, keys: list[str], metric: str, where: list[str] | None = None
+) -> dict[tuple[str, ...], dict[int, float]]:
+    """(method, *key values) -> seed -> `metric` in % of one export's runs whose config has
+    every KEY=VALUE of `where` (a run without `metric`, e.g. no attacker: its mean_accuracy)."""
     _, runs, _ = read_export(path)
     out: dict[tuple[str, ...], dict[int, float]] = defaultdict(dict)
+    wanted = [w.split("=", 1) for w in where or []]
+    if any(len(w) != 2 for w in wanted):
+        raise SystemExit(f"--where-a/--where-b take KEY=VALUE, got {where}")
     for r in runs:
+        if any(str(json.loads(r.flat.get(k, "null"))) != v for k, v in wanted):
+            continue
         group = (r.method, *(json.loads(r.flat.get(k, "null")) or "-" for k in keys))
-        out[tuple(map(str, group))][int(r.res["config"]["seed"])] = 100 * float(r.res[metric])
+        value = r.res.get(metric)
+        value = r.res["mean_accuracy"] if value is None else value
+        out[tuple(map(str, group))][int(r.res["config"]["seed"])] = 100 * float(value)
     return out
 
 
@@ -37,18 +54,28 @@ def main() -> None:
     ap.add_argument("b", type=Path, help="the export compared with it (B)")
     ap.add_argument("--key", action="append", default=[], help="also match on this config key")
     ap.add_argument(
-        "--metric", default="mean_accuracy", choices=["mean_accuracy", "mean_local_accuracy"]
+        "--metric",
+        default="mean_accuracy",
+        choices=[
+            "mean_accuracy",
+            "mean_local_accuracy",
+            "mean_accuracy_honest",  # attacks: the honest agents
+            "mean_accuracy_live",  # crashes: the agents up at the end
+        ],
     )
+    ap.add_argument("--where-a", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--where-b", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
-    a = by_method(args.a, args.key, args.metric)
-    b = by_method(args.b, args.key, args.metric)
+    a = by_method(args.a, args.key, args.metric, args.where_a)
+    b = by_method(args.b, args.key, args.metric, args.where_b)
     head = ["method", *args.key, "A", "B", "B - A [95 % CI]", "pairs", "verdict"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for group in sorted(set(a) & set(b)):
         d = paired_by_seed(b[group], a[group])
-        mean_a = sum(a[group].values()) / len(a[group])
-        mean_b = sum(b[group].values()) / len(b[group])
+        seeds = set(a[group]) & set(b[group])  # A and B: means over the paired seeds
+        mean_a = sum(a[group][t] for t in seeds) / max(1, len(seeds))
+        mean_b = sum(b[group][t] for t in seeds) / max(1, len(seeds))
         cells = [*group, f"{mean_a:.1f}", f"{mean_b:.1f}"]
         verdict = {"win": "B higher", "loss": "B lower"}.get(d.verdict, d.verdict)
         if d.n >= 2 and d.sd == 0:
