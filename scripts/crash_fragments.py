@@ -7,7 +7,7 @@ component averages on its own for the rest of the run (with faults.relink, over 
 re-drawn among the live holders). Per run: the holder-weighted mean
 share of a block's live holders that a live holder still averages with (1.0 = the block
 agrees across every live holder). harmony's multimodal agents stop sharing their encoders
-after stage 0 (a third of the run by default), so for harmony the table describes stage 0
+after stage 0 (half of the run by default), so for harmony the table describes stage 0
 and the unimodal agents' blocks after it.
 
     .venv/bin/python scripts/crash_fragments.py runs/watch-faults-overlay-tuned
@@ -31,7 +31,8 @@ from parse_dfl.engines.setup import build_model, build_setup, holder_groups
 
 
 def fragments(run: Path) -> tuple[str, dict[str, dict[str, int]], float] | None:
-    """(method, describe() of the holder graphs, mean reach of a live holder) or None."""
+    """(method and relink, describe() of the holder graphs, mean reach of a live holder) or
+    None."""
     cfg = load_config(run / "config.yaml")
     if cfg.faults.crash_fraction <= 0:
         return None
@@ -48,7 +49,8 @@ def fragments(run: Path) -> tuple[str, dict[str, dict[str, int]], float] | None:
         for comp in nx.connected_components(schedule.holder_graph(k, after).subgraph(up)):
             reach += len(comp) * len(comp) / len(up)
             weight += len(comp)
-    return cfg.method.name, schedule.describe(), reach / max(1, weight)
+    name = cfg.method.name + (" (relink)" if cfg.faults.relink else "")
+    return name, schedule.describe(), reach / max(1, weight)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print("\nmethod  runs  mean reach of a live holder (share of the block's live holders)")
     for method, r in sorted(per_method.items()):
-        print(f"{method:10s} {len(r):3d}  {np.mean(r):.2f}")
+        print(f"{method:20s} {len(r):3d}  {np.mean(r):.2f}")
     return 0
 
 

@@ -390,3 +390,17 @@ def test_the_report_decomposes_every_modality_pair(tmp_path, monkeypatch) -> Non
     assert "| all runs | kar, zer |" not in text
     assert "3 modalities make 3 pairs; the first 2 are shown" in text
     assert "| all runs | `parse` agent 3 | 250 / 250 |" in text  # the fou+kar+zer agent
+
+
+def test_a_switch_added_later_reads_as_the_value_older_runs_ran_with() -> None:
+    from parse_dfl.config import Config
+    from parse_dfl.experiments.report import ADDED_LATER, flatten_config
+
+    new = Config().model_dump(mode="json")
+    current = flatten_config(new)
+    for key, value in ADDED_LATER.items():
+        assert current[key] == value, key  # the backfilled value is the switch's default
+    old = json.loads(json.dumps(new))
+    del old["faults"]["relink"], old["method"]["plus_adversary"]
+    assert flatten_config(old) == current  # an older run and a newer one at the default agree
+    assert "faults.relink" not in flatten_config({"seed": 0})  # no section: nothing invented

@@ -88,10 +88,28 @@ class Collection:
 # ---- reading -------------------------------------------------------------------------------
 
 
+# Switches added after runs were committed, each with the value that describes a run made
+# before it existed (the switch is off by default, and off is how the older code behaved), so
+# a table that mixes older and newer runs reads one value for them, not "none". Only keys
+# whose default is the older behaviour belong here (topology.holder_graph, whose default
+# changed, does not).
+ADDED_LATER = {
+    "faults.relink": "false",
+    "method.plus_residual": "false",
+    "method.plus_agreement": "false",
+    "method.plus_cross": "0.0",
+    "method.plus_adversary": "0.0",
+    "method.plus_synergy_trunk": "0",
+    "method.plus_local_head": "false",
+    "method.plus_local_hidden": "0",
+}
+
+
 def flatten_config(cfg: dict[str, Any]) -> dict[str, str]:
     """{'seed': 0, 'train': {'rounds': 2}} -> {'seed': '0', 'train.rounds': '2'} (JSON values).
 
-    Only sections are opened: a mapping value inside a section (agents.mix) stays one key.
+    Only sections are opened: a mapping value inside a section (agents.mix) stays one key. A
+    switch of ADDED_LATER missing from a run's section gets the value the run ran with.
     """
     flat: dict[str, str] = {}
     for k, v in cfg.items():
@@ -100,6 +118,9 @@ def flatten_config(cfg: dict[str, Any]) -> dict[str, str]:
                 flat[f"{k}.{k2}"] = json.dumps(v2)
         else:
             flat[k] = json.dumps(v)
+    for key, value in ADDED_LATER.items():
+        if isinstance(cfg.get(key.split(".")[0]), dict):
+            flat.setdefault(key, value)
     return flat
 
 
