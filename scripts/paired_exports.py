@@ -24,6 +24,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import yaml
+
 from parse_dfl.experiments.export import read_export
 from parse_dfl.experiments.stats import paired_by_seed
 
@@ -35,11 +37,12 @@ def by_method(
     every KEY=VALUE of `where` (a run without `metric`, e.g. no attacker: its mean_accuracy)."""
     _, runs, _ = read_export(path)
     out: dict[tuple[str, ...], dict[int, float]] = defaultdict(dict)
-    wanted = [w.split("=", 1) for w in where or []]
-    if any(len(w) != 2 for w in wanted):
+    pairs = [w.split("=", 1) for w in where or []]
+    if any(len(w) != 2 for w in pairs):
         raise SystemExit(f"--where-a/--where-b take KEY=VALUE, got {where}")
+    wanted = [(k, yaml.safe_load(v)) for k, v in pairs]  # as --set reads it: false, 0.2, mean
     for r in runs:
-        if any(str(json.loads(r.flat.get(k, "null"))) != v for k, v in wanted):
+        if any(json.loads(r.flat.get(k, "null")) != v for k, v in wanted):
             continue
         group = (r.method, *(json.loads(r.flat.get(k, "null")) or "-" for k in keys))
         value = r.res.get(metric)
