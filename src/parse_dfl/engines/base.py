@@ -112,10 +112,11 @@ class Engine(ABC):
         components averages each component apart for the whole run (on a ring, the induced
         holder graph of a modality's encoder typically falls into 6-8 pieces); so does a
         crash that cuts the live holders of a block apart."""
-        if not self.writes_output:  # one process says it
+        crash = self.setup.cfg.faults.crash_fraction > 0
+        if not self.writes_output or not (crash or self.schedule.static):  # one process says it
             return
         described = self.schedule.describe()
-        if self.setup.cfg.faults.crash_fraction > 0:
+        if crash:
             cut = {
                 label: d["live_components"]
                 for label, d in described.items()

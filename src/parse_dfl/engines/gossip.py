@@ -30,7 +30,7 @@ class GossipSchedule:
         self.faults = faults or FaultPlan(FaultsConfig(), topology.n, 0)
         self.static = not topology.time_varying and not self.faults.active
         self._cache: dict[int, tuple[sp.csr_matrix, np.ndarray]] = {}
-        self._relinked: dict[tuple[int, tuple[int, ...], int], nx.Graph] = {}
+        self._relinked: dict[tuple[int, tuple[int, ...]], nx.Graph] = {}
 
     def mixing(self, k: int, round_: int) -> tuple[sp.csr_matrix, np.ndarray]:
         """(W over the holders of group k, number of neighbours of each holder) in this round.
@@ -58,14 +58,15 @@ class GossipSchedule:
         up = [i for i, a in enumerate(g.holders) if live[a]]
         if len(up) == len(g.holders):
             return self.topology.holder_graph(g.holders, g.tags, round_)
-        key = (k, tuple(up), round_ if self.topology.time_varying else 0)
-        out = self._relinked.get(key)
+        key = (k, tuple(up))
+        out = None if self.topology.time_varying else self._relinked.get(key)
         if out is None:
             tags = None if g.tags is None else [g.tags[i] for i in up]
             sub = self.topology.holder_graph([g.holders[i] for i in up], tags, round_)
             out = nx.empty_graph(len(g.holders))
             out.add_edges_from((up[a], up[b]) for a, b in sub.edges())
-            self._relinked[key] = out = nx.freeze(out)
+            if not self.topology.time_varying:  # a new graph every round: nothing to keep
+                self._relinked[key] = out = nx.freeze(out)
         return out
 
     def bytes_sent(self, round_: int, n_agents: int) -> np.ndarray:
