@@ -552,6 +552,11 @@ def test_synergy_fusion_fits_a_modular_sum_where_mean_fusion_cannot(
         ("method.plus_agreement=true", "method.plus_residual=true", "agents.mix=acc:2,acc+gyro:2"),
         ("method.plus_cross=1.0", "method.plus_local_head=true"),
         ("method.plus_adversary=1.0", "method.plus_agreement=true"),
+        (
+            "method.plus_private=true",
+            "partition.select_fraction=0.25",
+            "method.plus_local_head=true",
+        ),
     ],
 )
 def test_batched_engine_matches_reference(switches: tuple[str, ...]) -> None:
@@ -562,7 +567,8 @@ def test_batched_engine_matches_reference(switches: tuple[str, ...]) -> None:
 
 def test_distributed_engine_matches_reference(tmp_path) -> None:
     """Two torchrun processes end where the reference engine ends (a never-shared personal
-    block and the multimodal-only s projectors included)."""
+    block, a private model chosen on held-out samples and the multimodal-only s projectors
+    included)."""
     from parse_dfl.experiments.run import run
     from tests.test_distributed_engine import assert_same as assert_same_runs
     from tests.test_distributed_engine import launch
@@ -570,6 +576,8 @@ def test_distributed_engine_matches_reference(tmp_path) -> None:
     sets = (
         "method.name=parse-plus",
         "method.plus_personal_head=true",
+        "method.plus_private=true",
+        "partition.select_fraction=0.25",
         "train.rounds=4",
         "train.eval_every=2",
         "engine.dtype=float64",

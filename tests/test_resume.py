@@ -51,6 +51,23 @@ CASES = [(m, t) for m in sorted(METHODS) for t in stop_rounds(m)]
 @pytest.mark.parametrize(("method", "stop"), CASES)
 def test_resume_equals_the_uninterrupted_run(tmp_path, monkeypatch, engine, method, stop) -> None:
     sets = (*BASE, f"method.name={method}", f"engine.name={engine}")
+    assert_resume_equals(tmp_path, monkeypatch, sets, engine, stop)
+
+
+@pytest.mark.parametrize("engine", ["reference", "batched"])
+def test_a_local_choice_resumes_exactly(tmp_path, monkeypatch, engine) -> None:
+    """parse-plus's private model and each agent's choice (a buffer and the loop's record)."""
+    sets = (
+        *BASE,
+        "method.name=parse-plus",
+        "method.plus_private=true",
+        "partition.select_fraction=0.3",
+        f"engine.name={engine}",
+    )
+    assert_resume_equals(tmp_path, monkeypatch, sets, engine, 3)
+
+
+def assert_resume_equals(tmp_path, monkeypatch, sets: tuple[str, ...], engine: str, stop: int):
     full = run(quick_config(*sets), tmp_path / "full", progress=False)
 
     Engine = ENGINES[engine]
@@ -77,6 +94,7 @@ def test_resume_equals_the_uninterrupted_run(tmp_path, monkeypatch, engine, meth
     assert strip(resumed["history"]) == strip(full["history"])
     assert resumed["agents"] == full["agents"]
     assert resumed["method_summary"] == full["method_summary"]
+    assert resumed["local_choice"] == full["local_choice"]
     a = torch.load(tmp_path / "full" / "models.pt", weights_only=True)
     b = torch.load(cut / "models.pt", weights_only=True)
     assert a.keys() == b.keys()

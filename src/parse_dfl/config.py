@@ -161,6 +161,14 @@ class PartitionConfig(Section):
         description="share of each agent's training samples held out as its validation split "
         "(seeded, class-stratified; for choosing hyperparameters, never the test split); 0: none",
     )
+    select_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of each agent's training samples it holds out for its own choices "
+        "during training (parse-plus's method.plus_private picks its local-protocol predictor on "
+        "them; seeded, class-stratified, taken after validation); nothing trains on them; 0: none",
+    )
     samples_per_agent: int | None = Field(
         None, ge=2, description="cap on samples per agent (train + test); default: use all data"
     )
@@ -320,6 +328,20 @@ class MethodConfig(Section):
         0,
         ge=0,
         description="parse-plus: hidden width of the local-protocol correction (0: linear)",
+    )
+    plus_private: bool = Field(
+        False,
+        description="parse-plus: each agent also trains a private model (the local method's) "
+        "on its own data and, under the local protocol, predicts with the shared ensemble, the "
+        "private model or their mean, whichever is most accurate on its held-out samples "
+        "(partition.select_fraction)",
+    )
+    plus_private_margin: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="parse-plus with plus_private: the held-out accuracy by which another "
+        "predictor must beat the shared ensemble to be chosen (ties keep the ensemble)",
     )
     plus_split: Literal["fixed", "pid"] = Field(
         "fixed",

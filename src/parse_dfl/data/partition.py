@@ -29,6 +29,8 @@ class AgentSpec:
     train_idx: np.ndarray
     test_idx: np.ndarray
     val_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # partition.select_fraction: the agent's own held-out samples for choices made in training
+    select_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def type(self) -> str:
@@ -266,7 +268,8 @@ def partition(ds: MultimodalDataset, cfg: Config) -> list[AgentSpec]:
                 f"agent {a} gets only {len(shard)} samples under partition '{pc.name}', fewer "
                 f"than {need}; use fewer agents, another partition, or lower partition.min_train",
             )
-        train, val = _hold_out_validation(shard[n_test:], ds.labels, cfg, a)
+        train, val = _hold_out(shard[n_test:], ds.labels, cfg, a, "val_fraction")
+        train, select = _hold_out(train, ds.labels, cfg, a, "select_fraction")
         type_key = "+".join(mods)
         width = cfg.agents.width_by_agent.get(
             a, cfg.agents.width_by_type.get(type_key, cfg.agents.width)
@@ -279,6 +282,7 @@ def partition(ds: MultimodalDataset, cfg: Config) -> list[AgentSpec]:
                 train_idx=train,
                 test_idx=np.sort(shard[:n_test]),
                 val_idx=val,
+                select_idx=select,
             )
         )
     for key in cfg.agents.width_by_type:
@@ -290,27 +294,30 @@ def partition(ds: MultimodalDataset, cfg: Config) -> list[AgentSpec]:
     return agents
 
 
-def _hold_out_validation(
-    train: np.ndarray, labels: np.ndarray, cfg: Config, agent: int
+HOLD_OUT_STREAM = {"val_fraction": 0x7A1, "select_fraction": 0x5E1}
+
+
+def _hold_out(
+    train: np.ndarray, labels: np.ndarray, cfg: Config, agent: int, key: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(train, validation) of one agent, sorted: `partition.val_fraction` of its training
-    samples (at least one), class-stratified and seeded per agent. Its own random stream, so
-    val_fraction 0 leaves every split as it was and the test split never depends on it."""
+    """(train, held out) of one agent, sorted: `partition.<key>` of its training samples (at
+    least one), class-stratified and seeded per agent and key. Its own random stream, so a
+    fraction of 0 leaves every split as it was and the test split never depends on it."""
     from parse_dfl.evaluation import stratified_subsample
 
-    fraction = cfg.partition.val_fraction
+    fraction = getattr(cfg.partition, key)
     if fraction <= 0:
         return np.sort(train), np.zeros(0, dtype=np.int64)
-    n_val = max(1, int(round(fraction * len(train))))
-    if len(train) - n_val < cfg.partition.min_train:
+    n_out = max(1, int(round(fraction * len(train))))
+    if len(train) - n_out < cfg.partition.min_train:
         raise UserError(
-            "partition.val_fraction",
-            f"agent {agent} keeps only {len(train) - n_val} training samples after holding out "
-            f"{n_val} for validation, fewer than partition.min_train={cfg.partition.min_train}",
+            f"partition.{key}",
+            f"agent {agent} keeps only {len(train) - n_out} training samples after holding out "
+            f"{n_out}, fewer than partition.min_train={cfg.partition.min_train}",
         )
-    seed = int(np.random.SeedSequence([cfg.seed, 0x7A1, agent]).generate_state(1)[0])
-    val = stratified_subsample(np.sort(train), labels, n_val, seed)
-    return np.setdiff1d(train, val), val
+    seed = int(np.random.SeedSequence([cfg.seed, HOLD_OUT_STREAM[key], agent]).generate_state(1)[0])
+    out = stratified_subsample(np.sort(train), labels, n_out, seed)
+    return np.setdiff1d(train, out), out
 
 
 def global_test_indices(agents: list[AgentSpec]) -> np.ndarray:

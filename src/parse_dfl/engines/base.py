@@ -178,15 +178,47 @@ class Engine(ABC):
         validation sets in the place of its test sets, so that every engine measures
         validation exactly as it measures test (and none needs code of its own for it)."""
         s = self.setup
-        saved = s.global_test, s.test_idx
         assert s.val_global is not None
-        s.global_test, s.test_idx = s.val_global, s.val_idx
+        return self._evaluate_on(s.val_global, s.val_idx)
+
+    def _evaluate_on(
+        self, global_idx: torch.Tensor, own_idx: list[torch.Tensor]
+    ) -> tuple[list[float], list[float]]:
+        """`evaluate` with other samples in the place of the test sets (then put back)."""
+        s = self.setup
+        saved = s.global_test, s.test_idx
+        s.global_test, s.test_idx = global_idx, own_idx
         self.evaluation_sets_changed()
         try:
             return self.evaluate()
         finally:
             s.global_test, s.test_idx = saved
             self.evaluation_sets_changed()
+
+    def choose_local(self) -> list[int] | None:
+        """Each agent's local-protocol predictor, chosen on its own held-out samples
+        (partition.select_fraction) among the method's candidates: the most accurate there,
+        the plain one (0) unless another beats it by more than method.plus_private_margin,
+        the first of equals. None when there is nothing to choose. Only the local protocol
+        is read (the global part is scored on one sample and ignored)."""
+        s = self.setup
+        n_candidates = s.method.local_candidates()
+        if n_candidates <= 1 or not s.select_idx:
+            return None
+        models: list[nn.Module] = self.models  # type: ignore[attr-defined]  # every engine's
+        scores = []
+        for k in range(n_candidates):
+            for model in models:  # a distributed process's others are shapes only: no-op
+                s.method.choose_local(model, k)
+            scores.append(self._evaluate_on(s.select_idx[0][:1], s.select_idx)[1])
+        acc = np.asarray(scores)  # (candidates, agents)
+        margin = s.cfg.method.plus_private_margin
+        best = np.argmax(acc, axis=0)  # the first of equals
+        gain = acc[best, np.arange(acc.shape[1])] - acc[0]
+        choice = [int(k) if g > margin else 0 for k, g in zip(best, gain, strict=True)]
+        for a, model in enumerate(models):
+            s.method.choose_local(model, choice[a])
+        return choice
 
     def evaluation_sets_changed(self) -> None:
         """`setup.global_test` / `setup.test_idx` were swapped: an engine that keeps tables
@@ -369,6 +401,7 @@ class Engine(ABC):
             loop["sent"] += torch.from_numpy(self.schedule.bytes_sent(t, len(agents)))
             loop["live_rounds"] += torch.from_numpy(self.faults.live(t).astype(np.int64))
             if evaluating:
+                choice = self.choose_local()
                 acc = self.evaluate()
                 loop["acc"] = [list(acc[0]), list(acc[1])]
                 entry: dict[str, Any] = {
@@ -382,6 +415,11 @@ class Engine(ABC):
                     "seconds": time.perf_counter() - start,
                     "conflict": conflict,
                 }
+                if choice is not None:  # how many agents use each local-protocol predictor
+                    entry["local_choice"] = np.bincount(
+                        choice, minlength=setup.method.local_candidates()
+                    ).tolist()
+                    loop["choice"] = choice
                 if setup.val_global is not None:
                     val = self.evaluate_validation()
                     loop["val"] = [list(val[0]), list(val[1])]
@@ -409,5 +447,6 @@ class Engine(ABC):
             extra={
                 "dropped_messages": self.dropped,
                 "resumed_at_round": first if first > 1 else None,
+                "local_choice": loop.get("choice"),
             },
         )

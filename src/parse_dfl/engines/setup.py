@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -64,6 +65,9 @@ class Setup:
     # for choosing hyperparameters without looking at the test split; empty without one
     val_global: torch.Tensor | None = None
     val_idx: list[torch.Tensor] = field(default_factory=list)
+    # partition.select_fraction > 0: each agent's own held-out samples for the choices a
+    # method makes in training (Method.local_candidates); empty without
+    select_idx: list[torch.Tensor] = field(default_factory=list)
 
 
 def held_out(setup: Setup) -> tuple[torch.Tensor, str]:
@@ -185,6 +189,14 @@ def build_setup(cfg: Config) -> Setup:
     _check_batch_size(cfg, agents)
     # through the registry: engines never import the methods (the registry loads them now)
     method: Method = registry.resolve("method", cfg.method.name, "method.name")(cfg, data)
+    if cfg.partition.select_fraction > 0 and method.local_candidates() <= 1:
+        warnings.warn(
+            f"partition.select_fraction={cfg.partition.select_fraction} holds out training "
+            f"samples that method '{cfg.method.name}' never uses (only choices such as "
+            "parse-plus's method.plus_private read them): its agents just train on fewer",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     topology = Topology(method.topology_config(cfg.topology), len(agents), cfg.seed)
     topology.graph(1)  # an impossible graph (erdos-renyi p too small) stops the run here
     dtype = DTYPES[cfg.engine.dtype]
@@ -213,6 +225,11 @@ def build_setup(cfg: Config) -> Setup:
             else None
         ),
         val_idx=[torch.from_numpy(a.val_idx).to(device) for a in agents] if validating else [],
+        select_idx=(
+            [torch.from_numpy(a.select_idx).to(device) for a in agents]
+            if cfg.partition.select_fraction > 0
+            else []
+        ),
     )
 
 

@@ -102,6 +102,9 @@ ADDED_LATER = {
     "method.plus_synergy_trunk": "0",
     "method.plus_local_head": "false",
     "method.plus_local_hidden": "0",
+    "method.plus_private": "false",
+    "method.plus_private_margin": "0.0",
+    "partition.select_fraction": "0.0",
 }
 
 

@@ -69,6 +69,18 @@ class Method(ABC):
         engine scores the local protocol with this and the global one with `logits`."""
         return self.logits(model, x)
 
+    def local_candidates(self) -> int:
+        """How many local-protocol predictors an agent can choose among (`choose_local`). With
+        more than one and held-out samples (partition.select_fraction), every engine scores
+        each candidate on every agent's held-out samples before each evaluation and sets the
+        best: the choice is made on the agent's own data, never on its test split."""
+        return 1
+
+    def choose_local(self, model: nn.Module, candidate: int) -> None:
+        """Make `local_logits` use predictor `candidate` (0 = the method's plain one); kept in
+        the model (a buffer), so checkpoints and every engine carry the choice."""
+        return None
+
     @abstractmethod
     def share_plan(self, agent: AgentSpec, model: nn.Module) -> SharePlan:
         """Block name -> Share (averaged with other holders) or None (kept local)."""

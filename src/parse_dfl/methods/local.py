@@ -11,23 +11,30 @@ from parse_dfl.methods.base import Method, SharePlan
 from parse_dfl.models.monolithic import FusionClassifier
 
 
+def fusion_classifier(method: Method, agent: AgentSpec, modalities: tuple[str, ...]) -> nn.Module:
+    """The usual multimodal model of one agent over `modalities`, as the config sets it."""
+    cfg = method.cfg
+    return FusionClassifier(
+        modalities,
+        method.kinds,
+        method.input_shapes,
+        agent.width,
+        sum(cfg.model.split),
+        method.n_classes,
+        head_hidden=cfg.model.head_hidden,
+        missing=cfg.method.missing_modality,
+        encoder=cfg.model.encoder,
+    )
+
+
 class MonolithicMethod(Method):
     """Shared base of the single-embedding methods: encoders -> mean -> classifier, CE loss."""
 
     all_encoders = False  # dsgd-task gives every agent every encoder (missing ones zero-filled)
 
     def build_model(self, agent: AgentSpec) -> nn.Module:
-        mods = self.modalities if self.all_encoders else agent.modalities
-        return FusionClassifier(
-            mods,
-            self.kinds,
-            self.input_shapes,
-            agent.width,
-            sum(self.cfg.model.split),
-            self.n_classes,
-            head_hidden=self.cfg.model.head_hidden,
-            missing=self.cfg.method.missing_modality,
-            encoder=self.cfg.model.encoder,
+        return fusion_classifier(
+            self, agent, self.modalities if self.all_encoders else agent.modalities
         )
 
     def loss(self, model: nn.Module, x: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ Share plan (who averages which block):
     head.modality (discriminator)               every agent
     synergy (fusion + synergy head)             agents of the same multimodal type
     personal (ensemble weights, private head)   nobody
+    private (plus_private: the local model)     nobody
     cross (u_a-from-b predictors)               nobody
     adversary (q_b-from-u_a classifiers)        nobody
 """
@@ -49,6 +50,7 @@ from parse_dfl.methods.disentangle import (
     predictability,
     predictor_fit,
 )
+from parse_dfl.methods.local import fusion_classifier
 from parse_dfl.methods.parse import ParseMethod
 from parse_dfl.models.parse import ParseOutput
 from parse_dfl.models.parse_plus import ParsePlusModel, cross_key
@@ -130,7 +132,7 @@ class ParsePlusMethod(ParseMethod):
         mc, mo = self.cfg.method, self.cfg.model
         hidden = mc.plus_projector_hidden or auto_projector_hidden(agent.width, self.split)
         d_s = self.split[2]
-        return ParsePlusModel(
+        model = ParsePlusModel(
             agent.modalities,
             self.kinds,
             self.input_shapes,
@@ -155,6 +157,9 @@ class ParsePlusMethod(ParseMethod):
             ensemble=mo.ensemble,
             encoder=mo.encoder,
         )
+        if mc.plus_private:
+            model.attach_private(fusion_classifier(self, agent, agent.modalities))
+        return model
 
     def head_loss(self, out: ParseOutput, y: torch.Tensor) -> torch.Tensor:
         """With `method.plus_residual`, every head but the redundant one is trained on what
@@ -261,6 +266,8 @@ class ParsePlusMethod(ParseMethod):
             total = total + mc.plus_delta * self.discrimination(model, out)
         if model.local_head is not None:
             total = total + F.cross_entropy(self.corrected(model, out, detach=True), y)
+        if model.private is not None:
+            total = total + F.cross_entropy(model.private(x), y)
         if model.cross is not None and len(out.unique) == len(model.modalities):
             fit, pen = self.cross_terms(model, out)
             total = total + fit + mc.plus_cross * pen
@@ -281,10 +288,28 @@ class ParsePlusMethod(ParseMethod):
         return base + model.local_head(feats)
 
     def local_logits(self, model: nn.Module, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Under the local protocol, with the private correction when there is one."""
+        """Under the local protocol, with the private correction when there is one; with a
+        private model, the predictor the agent chose on its held-out samples (log-probabilities
+        of the ensemble, of the private model, or of their mean: `choose_local`)."""
         assert isinstance(model, ParsePlusModel)
         out = model(x)
-        return out.ensemble if model.local_head is None else self.corrected(model, out)
+        shared = out.ensemble if model.local_head is None else self.corrected(model, out)
+        if model.private is None:
+            return shared
+        p_shared = torch.softmax(shared, dim=-1)
+        p_own = torch.softmax(model.private(x), dim=-1)
+        candidates = torch.stack([p_shared, p_own, (p_shared + p_own) / 2])
+        # a gather, not a branch: the batched engine vmaps this over agents
+        picked = torch.index_select(candidates, 0, model.choice.reshape(1))[0]
+        return torch.log(picked.clamp_min(1e-12))
+
+    def local_candidates(self) -> int:
+        return 3 if self.cfg.method.plus_private else 1
+
+    def choose_local(self, model: nn.Module, candidate: int) -> None:
+        assert isinstance(model, ParsePlusModel)
+        if model.private is not None:
+            model.choice.fill_(candidate)
 
     def share_plan(self, agent: AgentSpec, model: nn.Module) -> SharePlan:
         """PARSE's plan; the s projectors among multimodal agents, the discriminator among
@@ -304,6 +329,8 @@ class ParsePlusMethod(ParseMethod):
             plan["cross"] = None
         if mc.plus_adversary > 0 and len(agent.modalities) >= 2:
             plan["adversary"] = None
+        if mc.plus_private:
+            plan["private"] = None
         return plan
 
     def summary(self) -> dict[str, Any]:

@@ -242,6 +242,8 @@ class ParsePlusModel(nn.Module):
                 if local_hidden
                 else last
             )
+        self.private: nn.Module | None = None  # attach_private
+        self.choice: torch.Tensor  # a buffer, with the private model
         # Built after the private head, for the same reason.
         self.cross: nn.ModuleDict | None = None
         if cross and self.multimodal:
@@ -256,6 +258,14 @@ class ParsePlusModel(nn.Module):
             self.adversary = nn.ModuleDict(
                 {cross_key(a, b): nn.Linear(d_u, n_classes) for a, b in permutations(modalities, 2)}
             )
+
+    def attach_private(self, private: nn.Module) -> None:
+        """A private model beside the shared ones (`method.plus_private`), attached after
+        every other module is built so that, with or without it, they start from the same
+        values; `choice` says which local-protocol predictor the agent uses (0: the shared
+        ensemble, 1: the private model, 2: their mean), a buffer so checkpoints carry it."""
+        self.private = private
+        self.register_buffer("choice", torch.zeros((), dtype=torch.long))
 
     def slice_width(self) -> int:
         """Width of all the agent's slices side by side (`slices`)."""
@@ -293,6 +303,8 @@ class ParsePlusModel(nn.Module):
             blocks["cross"] = ["cross"]
         if self.adversary is not None:
             blocks["adversary"] = ["adversary"]
+        if self.private is not None:
+            blocks["private"] = ["private"]
         return blocks
 
     def forward(self, x: dict[str, torch.Tensor]) -> ParseOutput:

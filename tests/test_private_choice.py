@@ -1,0 +1,101 @@
+"""parse-plus's private model (`method.plus_private`) and the choice of each agent's
+local-protocol predictor on its own held-out samples (`partition.select_fraction`): the split
+comes out of training samples only, the private model leaves everything shared untouched, and
+the choice is the rule's, read on the held-out samples and never on the test split."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from parse_dfl.data import load_dataset
+from parse_dfl.data.partition import partition
+from parse_dfl.engines import ENGINES
+from parse_dfl.engines.setup import build_setup
+from parse_dfl.errors import UserError
+from parse_dfl.evaluation import accuracy
+from tests.conftest import quick_config
+
+PRIVATE = (
+    "method.name=parse-plus",
+    "method.plus_private=true",
+    "partition.select_fraction=0.3",
+    "train.rounds=4",
+    "train.local_steps=3",
+    "train.eval_every=2",
+    "engine.dtype=float64",
+)
+
+
+def _run(*sets: str, engine: str = "reference"):
+    cfg = quick_config(*sets, f"engine.name={engine}")
+    eng = ENGINES[engine](build_setup(cfg))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return eng, eng.run(progress=False)
+
+
+def test_the_selection_split_comes_out_of_training_samples_only() -> None:
+    sets = ("data.name=watch", "partition.val_fraction=0.2")
+    base_cfg = quick_config(*sets)
+    ds = load_dataset(base_cfg.data)
+    before = partition(ds, base_cfg)
+    after = partition(ds, quick_config(*sets, "partition.select_fraction=0.25"))
+    for a, b in zip(before, after, strict=True):
+        assert len(a.select_idx) == 0
+        assert np.array_equal(a.test_idx, b.test_idx), "the test split moved"
+        assert np.array_equal(a.val_idx, b.val_idx), "the validation split moved"
+        assert np.array_equal(np.sort(np.concatenate([b.train_idx, b.select_idx])), a.train_idx)
+        assert len(np.intersect1d(b.train_idx, b.select_idx)) == 0
+        assert len(b.select_idx) == round(0.25 * len(a.train_idx))
+
+
+def test_a_selection_split_that_leaves_too_little_training_is_refused() -> None:
+    cfg = quick_config("partition.select_fraction=0.9")
+    with pytest.raises(UserError) as err:
+        partition(load_dataset(cfg.data), cfg)
+    assert err.value.where == "partition.select_fraction"
+
+
+def test_a_method_that_chooses_nothing_is_told_its_held_out_samples_are_unused() -> None:
+    with pytest.warns(RuntimeWarning, match="never uses"):
+        build_setup(quick_config("method.name=parse", "partition.select_fraction=0.2"))
+
+
+def test_the_private_model_never_changes_what_is_shared() -> None:
+    """With a margin no predictor can clear, every agent keeps the shared ensemble: the run
+    then equals the run without a private model, parameter for parameter (float64)."""
+    with_private, r_on = _run(*PRIVATE, "method.plus_private_margin=1.0")
+    without, r_off = _run(*PRIVATE, "method.plus_private=false")
+    assert r_on.test_accuracy == r_off.test_accuracy
+    assert r_on.local_test_accuracy == r_off.local_test_accuracy
+    assert r_on.extra["local_choice"] == [0] * len(with_private.setup.agents)
+    assert r_off.extra["local_choice"] is None
+    for a, b in zip(with_private.models, without.models, strict=True):
+        theirs = dict(b.named_parameters())
+        for name, p in a.named_parameters():
+            if name.startswith("private."):
+                continue
+            assert np.array_equal(p.detach().numpy(), theirs[name].detach().numpy()), name
+
+
+def test_each_agent_uses_the_predictor_most_accurate_on_its_held_out_samples() -> None:
+    engine, res = _run(*PRIVATE)
+    s = engine.setup
+    choice = res.extra["local_choice"]
+    assert res.history[-1]["local_choice"] == np.bincount(choice, minlength=3).tolist()
+    for a, agent in enumerate(s.agents):
+        model = engine.models[a]
+
+        def score(k: int, idx, a=a, agent=agent, model=model) -> float:
+            s.method.choose_local(model, k)
+            return accuracy(s.method, model, agent.modalities, s.x, s.y, idx, local=True)
+
+        held = [score(k, s.select_idx[a]) for k in range(3)]
+        best = int(np.argmax(held))
+        assert choice[a] == (best if held[best] > held[0] else 0), (a, held)
+        # what the run reports under the local protocol is the chosen predictor on the test split
+        assert res.local_test_accuracy[a] == score(choice[a], s.test_idx[a])
+    assert len(set(choice)) > 1, "the setting should make agents choose differently"
