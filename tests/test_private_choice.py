@@ -99,3 +99,23 @@ def test_each_agent_uses_the_predictor_most_accurate_on_its_held_out_samples() -
         # what the run reports under the local protocol is the chosen predictor on the test split
         assert res.local_test_accuracy[a] == score(choice[a], s.test_idx[a])
     assert len(set(choice)) > 1, "the setting should make agents choose differently"
+
+
+def test_the_agents_of_a_type_can_choose_together_on_all_their_held_out_samples() -> None:
+    engine, res = _run(*PRIVATE, "method.plus_private_scope=type")
+    s = engine.setup
+    choice = res.extra["local_choice"]
+    for t in {a.type for a in s.agents}:
+        members = [a for a in s.agents if a.type == t]
+        correct = np.zeros(3)
+        for agent in members:
+            model = engine.models[agent.id]
+            for k in range(3):
+                s.method.choose_local(model, k)
+                idx = s.select_idx[agent.id]
+                acc = accuracy(s.method, model, agent.modalities, s.x, s.y, idx, local=True)
+                correct[k] += round(acc * len(idx))
+            s.method.choose_local(model, choice[agent.id])
+        best = int(np.argmax(correct))
+        want = best if correct[best] > correct[0] else 0
+        assert {choice[a.id] for a in members} == {want}, (t, correct)

@@ -343,6 +343,11 @@ class MethodConfig(Section):
         description="parse-plus with plus_private: the held-out accuracy by which another "
         "predictor must beat the shared ensemble to be chosen (ties keep the ensemble)",
     )
+    plus_private_scope: Literal["agent", "type"] = Field(
+        "agent",
+        description="parse-plus with plus_private: each agent chooses on its own held-out "
+        "samples (agent), or the agents of a type choose together on all of theirs (type)",
+    )
     plus_split: Literal["fixed", "pid"] = Field(
         "fixed",
         description="parse-plus: slice sizes: model.split (fixed) or its total divided by the "

@@ -196,26 +196,23 @@ class Engine(ABC):
             self.evaluation_sets_changed()
 
     def choose_local(self) -> list[int] | None:
-        """Each agent's local-protocol predictor, chosen on its own held-out samples
-        (partition.select_fraction) among the method's candidates: the most accurate there,
-        the plain one (0) unless another beats it by more than method.plus_private_margin,
-        the first of equals. None when there is nothing to choose. Only the local protocol
-        is read (the global part is scored on one sample and ignored)."""
+        """Each agent's local-protocol predictor, chosen by the method (`Method.pick_local`)
+        from every candidate's correct predictions on each agent's own held-out samples
+        (partition.select_fraction). None when there is nothing to choose. Only the local
+        protocol is read (the global part is scored on one sample and ignored)."""
         s = self.setup
         n_candidates = s.method.local_candidates()
         if n_candidates <= 1 or not s.select_idx:
             return None
         models: list[nn.Module] = self.models  # type: ignore[attr-defined]  # every engine's
-        scores = []
+        sizes = np.array([len(idx) for idx in s.select_idx])
+        correct = []
         for k in range(n_candidates):
             for model in models:  # a distributed process's others are shapes only: no-op
                 s.method.choose_local(model, k)
-            scores.append(self._evaluate_on(s.select_idx[0][:1], s.select_idx)[1])
-        acc = np.asarray(scores)  # (candidates, agents)
-        margin = s.cfg.method.plus_private_margin
-        best = np.argmax(acc, axis=0)  # the first of equals
-        gain = acc[best, np.arange(acc.shape[1])] - acc[0]
-        choice = [int(k) if g > margin else 0 for k, g in zip(best, gain, strict=True)]
+            acc = np.asarray(self._evaluate_on(s.select_idx[0][:1], s.select_idx)[1])
+            correct.append(np.rint(acc * sizes))
+        choice = s.method.pick_local(np.asarray(correct), sizes, s.agents)
         for a, model in enumerate(models):
             s.method.choose_local(model, choice[a])
         return choice

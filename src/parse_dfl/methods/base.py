@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 from pydantic import BaseModel
 from torch import nn
@@ -75,6 +76,13 @@ class Method(ABC):
         each candidate on every agent's held-out samples before each evaluation and sets the
         best: the choice is made on the agent's own data, never on its test split."""
         return 1
+
+    def pick_local(
+        self, correct: np.ndarray, sizes: np.ndarray, agents: list[AgentSpec]
+    ) -> list[int]:
+        """Each agent's candidate, from `correct` (candidates x agents: correct predictions
+        on each agent's held-out samples, of `sizes`): the most accurate, the first of equals."""
+        return [int(k) for k in np.argmax(correct, axis=0)]
 
     def choose_local(self, model: nn.Module, candidate: int) -> None:
         """Make `local_logits` use predictor `candidate` (0 = the method's plain one); kept in

@@ -306,6 +306,29 @@ class ParsePlusMethod(ParseMethod):
     def local_candidates(self) -> int:
         return 3 if self.cfg.method.plus_private else 1
 
+    def pick_local(
+        self, correct: np.ndarray, sizes: np.ndarray, agents: list[AgentSpec]
+    ) -> list[int]:
+        """The most accurate candidate on the held-out samples, the ensemble (0) unless
+        another beats it by more than `method.plus_private_margin`, the first of equals.
+        With `method.plus_private_scope: type` the counts are pooled over the agents of a
+        type first (what a gossip average of three numbers per agent among them reaches),
+        so every agent of a type makes one choice on all their held-out samples."""
+        mc = self.cfg.method
+        correct, sizes = correct.astype(np.float64), sizes.astype(np.float64)
+        if mc.plus_private_scope == "type":
+            types = [a.type for a in agents]
+            for t in set(types):
+                cols = [i for i, u in enumerate(types) if u == t]
+                correct[:, cols] = correct[:, cols].sum(axis=1, keepdims=True)
+                sizes[cols] = sizes[cols].sum()
+        acc = correct / np.maximum(sizes, 1)
+        best = np.argmax(acc, axis=0)  # the first of equals
+        gain = acc[best, np.arange(acc.shape[1])] - acc[0]
+        return [
+            int(k) if g > mc.plus_private_margin else 0 for k, g in zip(best, gain, strict=True)
+        ]
+
     def choose_local(self, model: nn.Module, candidate: int) -> None:
         assert isinstance(model, ParsePlusModel)
         if model.private is not None:
