@@ -15,6 +15,13 @@ another table: the cost of an attack on the honest agents, say,
 
     .venv/bin/python scripts/paired_exports.py docs/results/watch-main-overlay-160-tuned.jsonl.gz \\
         docs/results/watch-main-overlay-tuned.jsonl.gz
+
+or two methods of one export, on one agent type (`--any-method`, `--agent-type`): parse-plus
+with its private model against local training on the acc agents, local protocol,
+
+    E=docs/results/watch-subjects-overlay-tuned.jsonl.gz
+    .venv/bin/python scripts/paired_exports.py $E $E --any-method --where-a method.name=local \\
+        --where-b method.plus_private=true --metric mean_local_accuracy --agent-type acc
 """
 
 from __future__ import annotations
@@ -31,10 +38,17 @@ from parse_dfl.experiments.stats import paired_by_seed
 
 
 def by_method(
-    path: Path, keys: list[str], metric: str, where: list[str] | None = None
+    path: Path,
+    keys: list[str],
+    metric: str,
+    where: list[str] | None = None,
+    agent_type: str | None = None,
+    any_method: bool = False,
 ) -> dict[tuple[str, ...], dict[int, float]]:
     """(method, *key values) -> seed -> `metric` in % of one export's runs whose config has
-    every KEY=VALUE of `where` (a run without `metric`, e.g. no attacker: its mean_accuracy)."""
+    every KEY=VALUE of `where` (a run without `metric`, e.g. no attacker: its mean_accuracy);
+    `agent_type`: the mean over that type's agents instead (global or local protocol);
+    `any_method`: every method under one name, "*" (to pair two methods picked by --where)."""
     _, runs, _ = read_export(path)
     out: dict[tuple[str, ...], dict[int, float]] = defaultdict(dict)
     pairs = [w.split("=", 1) for w in where or []]
@@ -44,9 +58,14 @@ def by_method(
     for r in runs:
         if any(json.loads(r.flat.get(k, "null")) != v for k, v in wanted):
             continue
-        group = (r.method, *(json.loads(r.flat.get(k, "null")) or "-" for k in keys))
-        value = r.res.get(metric)
-        value = r.res["mean_accuracy"] if value is None else value
+        name = "*" if any_method else r.method
+        group = (name, *(json.loads(r.flat.get(k, "null")) or "-" for k in keys))
+        if agent_type is not None:
+            local = metric == "mean_local_accuracy"
+            value = r.res["by_type_local" if local else "by_type"][agent_type]
+        else:
+            value = r.res.get(metric)
+            value = r.res["mean_accuracy"] if value is None else value
         out[tuple(map(str, group))][int(r.res["config"]["seed"])] = 100 * float(value)
     return out
 
@@ -68,9 +87,21 @@ def main() -> None:
     )
     ap.add_argument("--where-a", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--where-b", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument(
+        "--agent-type", help="the mean over this agent type's agents (mean_accuracy or local)"
+    )
+    ap.add_argument(
+        "--any-method",
+        action="store_true",
+        help="pair across methods: A and B are what --where-a / --where-b pick "
+        "(e.g. --where-a method.name=local --where-b method.name=parse-plus)",
+    )
     args = ap.parse_args()
-    a = by_method(args.a, args.key, args.metric, args.where_a)
-    b = by_method(args.b, args.key, args.metric, args.where_b)
+    if args.agent_type and args.metric not in ("mean_accuracy", "mean_local_accuracy"):
+        raise SystemExit("--agent-type goes with --metric mean_accuracy or mean_local_accuracy")
+    pick = {"agent_type": args.agent_type, "any_method": args.any_method}
+    a = by_method(args.a, args.key, args.metric, args.where_a, **pick)
+    b = by_method(args.b, args.key, args.metric, args.where_b, **pick)
     head = ["method", *args.key, "A", "B", "B - A [95 % CI]", "pairs", "verdict"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
