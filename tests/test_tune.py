@@ -239,3 +239,28 @@ def test_other_grid_keys_of_a_tune_file_are_pooled_like_seeds(tmp_path) -> None:
         assert doc["methods"][method]["set"] == {"train.lr": 0.001}
         assert doc["methods"][method]["val_accuracy"] == pytest.approx(0.6)
         assert len(doc["methods"][method]["candidates"]) == 2
+
+
+def test_paired_exports_pairs_two_methods_on_one_agent_type(tuned, tmp_path) -> None:
+    """scripts/paired_exports.py --any-method --agent-type reads exactly the runs' own
+    per-type figures (it is how results.md compares parse-plus with local training)."""
+    import importlib.util
+
+    _, runs, _ = tuned
+    assert main(["report", str(runs), "--export", str(tmp_path)]) == 0
+    spec = importlib.util.spec_from_file_location("paired", "scripts/paired_exports.py")
+    assert spec is not None and spec.loader is not None
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+    export = tmp_path / "quick-tune.jsonl.gz"
+    where = ["method.name=local", "train.lr=0.01"]
+    for metric, key in (("mean_accuracy", "by_type"), ("mean_local_accuracy", "by_type_local")):
+        got = paired.by_method(export, [], metric, where, agent_type="acc+gyro", any_method=True)
+        want = {}
+        for res_path in runs.glob("method=local/**/results.json"):
+            res = json.loads(res_path.read_text())
+            if res["config"]["train"]["lr"] == 0.01:
+                want[res["config"]["seed"]] = 100 * res[key]["acc+gyro"]
+        assert got == {("*",): pytest.approx(want)} and len(want) == 2
+    both = paired.by_method(export, [], "mean_accuracy", ["train.lr=0.01"], any_method=True)
+    assert list(both) == [("*",)]  # every method under one name
