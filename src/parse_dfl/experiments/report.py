@@ -104,7 +104,7 @@ ADDED_LATER = {
     "method.plus_local_hidden": "0",
     "method.plus_private": "false",
     "method.plus_private_margin": "0.0",
-    "method.plus_private_scope": "\"agent\"",
+    "method.plus_private_scope": '"agent"',
     "partition.select_fraction": "0.0",
 }
 
