@@ -3,7 +3,8 @@
 One multimodal (a+b) agent's parse-plus model is trained centrally on pooled samples of
 synthetic-pid's synergy setting (label (s_a + s_b) mod C: nothing in one modality), with
 the method's whole objective or with the synergy head's cross-entropy alone, with and
-without the synergy slice's own trunk (`method.plus_synergy_trunk`). Test accuracy on 1,000
+without the synergy slice's own trunk (`method.plus_synergy_trunk`) or the raw input
+(`method.plus_synergy_raw`). Test accuracy on 1,000
 held-out samples; the same samples and initial values for every variant.
 
     .venv/bin/python scripts/synergy_central.py --samples 800 --epochs 100
@@ -27,6 +28,8 @@ VARIANTS = [  # (label, overrides, objective)
     ("shared trunk, parse-plus objective", [], "method"),
     ("own synergy trunk (16), synergy CE only", ["method.plus_synergy_trunk=16"], "synergy"),
     ("own synergy trunk (16), parse-plus objective", ["method.plus_synergy_trunk=16"], "method"),
+    ("s from the raw input, synergy CE only", ["method.plus_synergy_raw=true"], "synergy"),
+    ("s from the raw input, parse-plus objective", ["method.plus_synergy_raw=true"], "method"),
 ]
 BASE = [
     "data.name=synthetic-pid",
@@ -47,11 +50,14 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--only", default="", help="run only the variants whose label has this")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"{args.samples} training samples, {args.epochs} epochs, lr {args.lr}, test 1,000")
     print("accuracy (%) of the synergy head / the ensemble, one pair per seed, then the mean")
     for label, overrides, objective in VARIANTS:
+        if args.only not in label:
+            continue
         accs = [run(overrides, objective, args, seed) for seed in args.seeds]
         mean = np.mean(accs, axis=0)
         cells = "  ".join(f"{100 * s:4.1f}/{100 * e:4.1f}" for s, e in accs)

@@ -15,6 +15,7 @@ from parse_dfl.data import load_dataset
 from parse_dfl.data.partition import AgentSpec
 from parse_dfl.engines import ENGINES
 from parse_dfl.engines.setup import build_models, build_setup, holder_groups
+from parse_dfl.errors import UserError
 from parse_dfl.methods import METHODS
 from parse_dfl.methods.base import Share
 from parse_dfl.methods.disentangle import (
@@ -222,6 +223,7 @@ SWITCHES = [
     "method.plus_fusion=gated",
     "method.plus_synergy_hidden=-1",
     "method.plus_synergy_trunk=8",
+    "method.plus_synergy_raw=true",
     "method.plus_personal_weights=true",
     "method.plus_personal_head=true",
     "method.plus_local_head=true",
@@ -268,6 +270,32 @@ def test_the_synergy_trunk_is_the_s_slices_own_and_travels_with_them() -> None:
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.s_trunks.parameters())
     assert m.build_model(uni).s_trunks is None
     assert method().build_model(multi).s_trunks is None
+
+
+def test_synergy_from_the_raw_input_is_a_linear_map_of_it() -> None:
+    """With `plus_synergy_raw` the s slice of a multimodal agent is a linear map of the
+    flattened input (no trunk in between; the map travels in proj.s), so with tensor fusion
+    the synergy head reads a bilinear form of the inputs; a unimodal agent has no s at all."""
+    m = method("method.plus_synergy_raw=true", "method.plus_fusion=tensor")
+    multi = agent(("acc", "gyro"), 1)
+    model = m.build_model(multi)
+    x = {mod: torch.randn(6, *m.input_shapes[mod]) for mod in ("acc", "gyro")}
+    out = model(x)
+    proj = model.projectors["acc"].s
+    assert isinstance(proj, nn.Linear) and proj.in_features == np.prod(m.input_shapes["acc"])
+    assert torch.allclose(out.synergy["acc"], proj(x["acc"].flatten(start_dim=1)))
+    assert set(param_blocks(model)["proj.s.acc"]) == {
+        "projectors.acc.s.weight",
+        "projectors.acc.s.bias",
+    }
+    out.heads["synergy"].sum().backward()
+    assert all(p.grad is None for p in model.trunks.parameters())
+    assert m.build_model(agent(("acc",), 0)).s_trunks is None
+
+
+def test_synergy_from_the_raw_input_excludes_an_own_trunk() -> None:
+    with pytest.raises(UserError, match="plus_synergy_raw"):
+        method("method.plus_synergy_raw=true", "method.plus_synergy_trunk=8")
 
 
 def test_the_local_head_changes_the_local_protocol_only() -> None:
@@ -548,6 +576,7 @@ def test_synergy_fusion_fits_a_modular_sum_where_mean_fusion_cannot(
         ("method.plus_projectors=true", "method.plus_fusion=tensor", "model.ensemble=probs"),
         ("method.plus_local_head=true", "partition.name=dirichlet", "partition.alpha=0.3"),
         ("method.plus_synergy_trunk=8", "method.plus_fusion=tensor"),
+        ("method.plus_synergy_raw=true", "method.plus_fusion=tensor"),
         ("method.plus_residual=true", "method.plus_personal_head=true"),
         ("method.plus_agreement=true", "method.plus_residual=true", "agents.mix=acc:2,acc+gyro:2"),
         ("method.plus_cross=1.0", "method.plus_local_head=true"),

@@ -404,3 +404,40 @@ def test_a_switch_added_later_reads_as_the_value_older_runs_ran_with() -> None:
     del old["faults"]["relink"], old["method"]["plus_adversary"]
     assert flatten_config(old) == current  # an older run and a newer one at the default agree
     assert "faults.relink" not in flatten_config({"seed": 0})  # no section: nothing invented
+
+
+def test_a_setting_only_one_method_varies_makes_a_row_of_its_own(tmp_path) -> None:
+    """parse-plus run with and without a switch, beside baselines that run at its default:
+    the switched runs are a row of their own, compared with the baselines as ours, and the
+    tables are not split by the switch."""
+    for seed in (0, 1):
+        _fake_run(tmp_path, "parse-plus", seed, "mean", 0.80)
+        _fake_run(
+            tmp_path,
+            "parse-plus",
+            seed,
+            "mean",
+            0.90 + seed / 100,
+            **{"method.plus_synergy_raw": "true"},
+        )
+        _fake_run(tmp_path, "local", seed, "mean", 0.85)
+    col = collect(tmp_path)
+    assert col.group_keys == []
+    assert col.variant_keys == {"method.plus_synergy_raw": ("parse-plus", "false")}
+    assert {r.method for r in col.runs} == {
+        "parse-plus",
+        "parse-plus (plus_synergy_raw=True)",
+        "local",
+    }
+    text = write_report(tmp_path).read_text()
+    assert "`method.plus_synergy_raw` varies only among parse-plus runs" in text
+    row = "| parse-plus (plus_synergy_raw=True) | global | 2 |"
+    assert row in text and "+5.5 [" in text.split(row)[1].split("\n")[0]  # vs local: ours
+    assert "| parse-plus | global | 2 |" in text
+
+
+def test_with_one_method_a_switch_still_splits_the_tables(tmp_path) -> None:
+    for raw in ("false", "true"):
+        _fake_run(tmp_path, "parse-plus", 0, "mean", 0.8, **{"method.plus_synergy_raw": raw})
+    col = collect(tmp_path)
+    assert col.group_keys == ["method.plus_synergy_raw"] and not col.variant_keys

@@ -308,6 +308,12 @@ class MethodConfig(Section):
         description="parse-plus: width of the synergy slice's own trunk per modality, shared "
         "among multimodal holders (0: s reads the trunk that u and r read, as in PARSE)",
     )
+    plus_synergy_raw: bool = Field(
+        False,
+        description="parse-plus: the s projector reads the modality's raw input (flattened), "
+        "not a trunk: with tensor fusion the synergy is a low-rank bilinear form of the inputs "
+        "(multimodal agents; excludes plus_synergy_trunk)",
+    )
     plus_personal_weights: bool = Field(
         False,
         description="parse-plus: per-agent ensemble weights over the heads, trained on the "

@@ -58,14 +58,20 @@ class RunRecord:
     res: dict[str, Any]
     flat: dict[str, str]  # dotted config key -> canonical JSON of its value
     group: tuple[str, ...] = ()
+    variant: str = ""  # what sets this run apart from its method's other runs (variant_keys)
 
     @property
     def label(self) -> str:
         return self.dir.as_posix() if self.dir != Path(".") else "(the report folder)"
 
     @property
-    def method(self) -> str:
+    def base_method(self) -> str:
         return str(self.res.get("method", self.res.get("config", {}).get("method", {}).get("name")))
+
+    @property
+    def method(self) -> str:
+        """The row the run is shown in: its method, with its variant if it has one."""
+        return f"{self.base_method} ({self.variant})" if self.variant else self.base_method
 
     @property
     def seed(self) -> int:
@@ -83,6 +89,7 @@ class Collection:
     sweeps: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     export: Path | None = None  # the compact export file the runs were read from, if any
+    variant_keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # variant_keys()
 
 
 # ---- reading -------------------------------------------------------------------------------
@@ -100,6 +107,7 @@ ADDED_LATER = {
     "method.plus_cross": "0.0",
     "method.plus_adversary": "0.0",
     "method.plus_synergy_trunk": "0",
+    "method.plus_synergy_raw": "false",
     "method.plus_local_head": "false",
     "method.plus_local_hidden": "0",
     "method.plus_private": "false",
@@ -143,13 +151,15 @@ def show_value(canon: str) -> str:
 
 
 def method_order(methods: set[str]) -> list[str]:
+    """Registered methods in registry order, each followed by its variants; others last."""
     try:
         from parse_dfl.methods import METHODS
 
-        known = [m for m in METHODS if m in methods]
+        known = list(METHODS)
     except Exception:  # the report must work even if a method module is broken
         known = []
-    return known + sorted(methods - set(known))
+    rank = {m: i for i, m in enumerate(known)}
+    return sorted(methods, key=lambda m: (rank.get(base_of(m), len(rank)), base_of(m), m))
 
 
 def _value_order(values: list[str]) -> list[str]:
@@ -211,9 +221,17 @@ def group_runs(
     """Group runs that are read already (from folders or from an export), in their order."""
     keys = list(dict.fromkeys(k for r in runs for k in r.flat))
     varying = [k for k in keys if len({r.flat.get(k, "null") for r in runs}) > 1]
+    variants = variant_keys(runs, [k for k in varying if k not in IGNORED_KEYS])
+    for r in runs:
+        r.variant = ", ".join(
+            f"{short_key(k)}={show_value(r.flat.get(k, 'null'))}"
+            for k, (m, common) in variants.items()
+            if r.base_method == m and r.flat.get(k, "null") != common
+        )
+    varying = [k for k in varying if k not in variants]
     # Groups come from the decentralized runs; a reference run (centralized) whose value of a
     # grouping key is its own (topology.name: full) is shown in every group of that key.
-    main = [r for r in runs if r.method not in REFERENCE_METHODS] or runs
+    main = [r for r in runs if not is_reference(r.method)] or runs
     methods = {r.method for r in main}
     method_bound: dict[str, dict[str, list[str]]] = {}
     group_keys: list[str] = []
@@ -239,7 +257,46 @@ def group_runs(
             r.flat.get(k, "null") if r.flat.get(k, "null") in values[k] else WILDCARD
             for k in group_keys
         )
-    return Collection(root, runs, group_keys, method_bound, fixed, values, sweeps, skipped, export)
+    return Collection(
+        root, runs, group_keys, method_bound, fixed, values, sweeps, skipped, export, variants
+    )
+
+
+def variant_keys(runs: list[RunRecord], varying: list[str]) -> dict[str, tuple[str, str]]:
+    """Keys that only one method varies while every other method runs at one value, which
+    that method also runs at (method.plus_synergy_raw among parse-plus runs beside other
+    methods at its default): key -> (that method, the common value). Its runs off the common
+    value are rows of their own ("parse-plus (plus_synergy_raw=true)"), compared with every
+    baseline, instead of splitting every table in two. With one method only, nothing is a
+    variant: the key groups the tables, as in an ablation."""
+    out: dict[str, tuple[str, str]] = {}
+    if len({r.base_method for r in runs}) < 2:
+        return out
+    for k in varying:
+        per_method: dict[str, set[str]] = defaultdict(set)
+        for r in runs:
+            per_method[r.base_method].add(r.flat.get(k, "null"))
+        multi = [m for m, v in per_method.items() if len(v) > 1]
+        if len(multi) != 1:
+            continue
+        others = set().union(*(v for m, v in per_method.items() if m != multi[0]))
+        if len(others) == 1 and others <= per_method[multi[0]]:
+            out[k] = (multi[0], next(iter(others)))
+    return out
+
+
+def short_key(key: str) -> str:
+    """method.plus_synergy_raw -> plus_synergy_raw: a method's own options need no section."""
+    return key.split(".", 1)[1] if key.startswith("method.") else key
+
+
+def base_of(method: str) -> str:
+    """The method of a row label ("parse-plus (plus_fusion=tensor)" -> "parse-plus")."""
+    return method.split(" (", 1)[0]
+
+
+def is_reference(method: str) -> bool:
+    return base_of(method) in REFERENCE_METHODS
 
 
 def _matches(group: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
@@ -334,7 +391,7 @@ class Table:
     rows: dict[str, list[tuple[float, float, int]]]  # method -> per column (mean, std, n)
 
     def best(self, col: int) -> float:
-        vals = [v[col][0] for m, v in self.rows.items() if m not in REFERENCE_METHODS and v[col][2]]
+        vals = [v[col][0] for m, v in self.rows.items() if not is_reference(m) and v[col][2]]
         return max(vals) if vals else math.nan
 
     def gap(self, col: int) -> tuple[float, str | None]:
@@ -411,7 +468,7 @@ def _signed(x: float) -> str:
 
 
 def method_label(m: str) -> str:
-    return f"{m} *" if m in REFERENCE_METHODS else m
+    return f"{m} *" if is_reference(m) else m
 
 
 def table_markdown(t: Table) -> list[str]:
@@ -423,7 +480,7 @@ def table_markdown(t: Table) -> list[str]:
         for i, c in enumerate(cells):
             text = _fmt(c)
             best = t.best(i)
-            if m not in REFERENCE_METHODS and c[2] and abs(c[0] - best) < 1e-9:
+            if not is_reference(m) and c[2] and abs(c[0] - best) < 1e-9:
                 text = f"**{text}**"
             out.append(text)
         lines.append("| " + " | ".join(out) + " |")
@@ -636,6 +693,11 @@ def _setting_section(col: Collection, methods: list[str], seeds: list[int]) -> l
         ]
     else:
         md += ["- no setting varies besides the method and the seed: one table"]
+    for k, (m, common) in col.variant_keys.items():
+        md += [
+            f"- `{k}` varies only among {m} runs (every other method: {show_value(common)}): "
+            f"{m}'s runs at another value are rows of their own"
+        ]
     for k, per in col.method_bound.items():
         md += [
             f"- `{k}` changes only together with the method ("
@@ -708,7 +770,7 @@ def _overview(col: Collection, groups: list) -> list[str]:
             for m in methods:
                 c = t.rows.get(m, [(math.nan, math.nan, 0)] * len(t.columns))[i]
                 text = _fmt(c)
-                if m not in REFERENCE_METHODS and c[2] and abs(c[0] - best) < 1e-9:
+                if not is_reference(m) and c[2] and abs(c[0] - best) < 1e-9:
                     text = f"**{text}**"
                 cells.append(text)
             if "parse" in methods:
@@ -1012,7 +1074,7 @@ OURS = ("parse", "parse-plus")  # this repository's methods; other decentralized
 
 def is_baseline(method: str) -> bool:
     """A decentralized method we compare against (local, dsgd-*, harmony, plugins)."""
-    return method not in OURS and method not in REFERENCE_METHODS
+    return base_of(method) not in OURS and not is_reference(method)
 
 
 def per_seed(runs: list[RunRecord], method: str, protocol: str, column: str) -> dict[int, float]:
@@ -1044,7 +1106,7 @@ def paired_cells(runs: list[RunRecord]) -> list[PairedCell]:
     the seeds both ran, and the paired difference against it."""
     methods = method_order({r.method for r in runs})
     cells: list[PairedCell] = []
-    for ours in (m for m in methods if m in OURS):
+    for ours in (m for m in methods if base_of(m) in OURS):
         for protocol, _, _ in PROTOCOLS:
             for column in [*agent_types(runs), "mean"]:
                 mine = per_seed(runs, ours, protocol, column)
@@ -1177,7 +1239,7 @@ def byte_budget(runs: list[RunRecord]) -> tuple[float | None, str | None]:
     decentralized method that sends anything, and that method."""
     finals: dict[str, list[float]] = defaultdict(list)
     for r in runs:
-        if r.method not in REFERENCE_METHODS and r.res.get("agents"):
+        if not is_reference(r.method) and r.res.get("agents"):
             finals[r.method].append(r.res.get("bytes_sent", 0) / len(r.res["agents"]))
     spent = {m: float(np.mean(v)) for m, v in finals.items() if np.mean(v) > 0}
     if not spent:
@@ -1286,7 +1348,7 @@ def _missing_section(col: Collection, groups: list) -> list[str]:
         for m in methods:
             cells = [_fmt(mean_std(list(table[m][c].values()))) for c in columns]
             md.append(f"| {method_label(m)} | " + " | ".join(cells) + " |")
-        for ours in (m for m in methods if m in OURS):
+        for ours in (m for m in methods if base_of(m) in OURS):
             cells = []
             for c in columns:
                 best = max(

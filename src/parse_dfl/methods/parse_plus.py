@@ -43,6 +43,7 @@ from torch.nn import functional as F
 from parse_dfl.config import Config
 from parse_dfl.data.base import MultimodalDataset
 from parse_dfl.data.partition import AgentSpec
+from parse_dfl.errors import UserError
 from parse_dfl.methods.base import Share, SharePlan
 from parse_dfl.methods.disentangle import (
     DEPENDENCE,
@@ -125,6 +126,12 @@ class ParsePlusMethod(ParseMethod):
         self.pid: dict[str, float] = {}
         split = cfg.model.split
         self.split: tuple[int, int, int] = (split[0], split[1], split[2])
+        if cfg.method.plus_synergy_raw and cfg.method.plus_synergy_trunk:
+            raise UserError(
+                "method.plus_synergy_raw",
+                "the s projector reads either the raw input or its own trunk; "
+                "set method.plus_synergy_trunk=0",
+            )
         if cfg.method.plus_split == "pid":
             self.split, self.pid = pid_split(cfg, ds)
 
@@ -146,6 +153,7 @@ class ParsePlusMethod(ParseMethod):
             head_hidden=mo.head_hidden,
             synergy_hidden=d_s if mc.plus_synergy_hidden < 0 else mc.plus_synergy_hidden,
             synergy_trunk=mc.plus_synergy_trunk,
+            synergy_raw=mc.plus_synergy_raw,
             discriminator=len(self.modalities) if mc.plus_discriminator else 0,
             personal_weights=mc.plus_personal_weights,
             personal_head=mc.plus_personal_head,

@@ -19,6 +19,7 @@ mean fusion followed by a linear head cannot express it (tests/test_parse_plus.p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from itertools import permutations
 from typing import cast
@@ -75,7 +76,8 @@ class SliceProjectors(nn.Module):
         synergy: bool = True,
         s_in: int = 0,
     ) -> None:
-        """`s_in` > 0: the s projector reads an own trunk of that width, not the shared one."""
+        """`s_in` > 0: the s projector reads `s_in` features of its own (an own trunk of that
+        width, or the flattened raw input), not the shared trunk."""
         super().__init__()
         self.u = build_projector(in_dim, split[0], hidden)
         self.r = build_projector(in_dim, split[1], hidden)
@@ -157,6 +159,7 @@ class ParsePlusModel(nn.Module):
         head_hidden: int = 0,
         synergy_hidden: int = 0,
         synergy_trunk: int = 0,
+        synergy_raw: bool = False,
         discriminator: int = 0,
         personal_weights: bool = False,
         personal_head: bool = False,
@@ -170,7 +173,8 @@ class ParsePlusModel(nn.Module):
     ) -> None:
         """`projectors` False or `projector_hidden` 0: linear projectors (PARSE's fission);
         `fusion_hidden` 0: the synergy width; `synergy_trunk` > 0: the s slices read an own
-        trunk of that width per modality (multimodal agents only); `discriminator`: the number
+        trunk of that width per modality (multimodal agents only); `synergy_raw`: the s
+        slices read the flattened raw input (a linear map of it); `discriminator`: the number
         of modalities of the dataset (0: no discriminator); `agreement`: the heads read the r
         slices detached, so only the alignment shapes them; `cross` (multimodal agents): one
         linear predictor per ordered pair of modalities (a, b) reading u_a from b's slices;
@@ -187,10 +191,14 @@ class ParsePlusModel(nn.Module):
         )
         self.multimodal = len(modalities) >= 2
         hidden = projector_hidden if projectors else 0
-        s_in = synergy_trunk if self.multimodal else 0
+        s_in = {m: 0 for m in modalities}
+        if self.multimodal and synergy_raw:
+            s_in = {m: math.prod(input_shapes[m]) for m in modalities}
+        elif self.multimodal and synergy_trunk:
+            s_in = {m: synergy_trunk for m in modalities}
         self.projectors = nn.ModuleDict(
             {
-                m: SliceProjectors(width, self.split, hidden, self.multimodal, s_in)
+                m: SliceProjectors(width, self.split, hidden, self.multimodal, s_in[m])
                 for m in modalities
             }
         )
@@ -223,13 +231,19 @@ class ParsePlusModel(nn.Module):
         # The synergy slice's own trunks (`synergy_trunk`): the shared trunk's u and r heads
         # fit what they can of the label, and on synergistic data (nothing in one modality)
         # that is noise, whose gradients keep the shared trunk from the interaction features.
-        self.s_trunks = (
-            nn.ModuleDict(
-                {m: build_trunk(kinds[m], input_shapes[m], s_in, encoder) for m in modalities}
+        # The raw input instead (`synergy_raw`): with tensor fusion, s_a * s_b is then a
+        # low-rank bilinear form of (x_a, x_b), the form (s_a + s_b) mod C of one-hot codes
+        # takes; deep ReLU trunks start at a saddle on it that training often never leaves.
+        self.s_trunks: nn.ModuleDict | None = None
+        if self.multimodal and synergy_raw:
+            self.s_trunks = nn.ModuleDict({m: nn.Flatten() for m in modalities})
+        elif self.multimodal and synergy_trunk:
+            self.s_trunks = nn.ModuleDict(
+                {
+                    m: build_trunk(kinds[m], input_shapes[m], synergy_trunk, encoder)
+                    for m in modalities
+                }
             )
-            if s_in
-            else None
-        )
         # Built last (its random init draws after every other module's) and zeroed: with or
         # without it, every other parameter starts from the same values.
         self.local_head: nn.Module | None = None
