@@ -441,3 +441,29 @@ def test_with_one_method_a_switch_still_splits_the_tables(tmp_path) -> None:
         _fake_run(tmp_path, "parse-plus", 0, "mean", 0.8, **{"method.plus_synergy_raw": raw})
     col = collect(tmp_path)
     assert col.group_keys == ["method.plus_synergy_raw"] and not col.variant_keys
+
+
+def test_checking_a_sweep_does_not_estimate_the_pid(tmp_path, monkeypatch) -> None:
+    """A `plus_split: pid` run's PID takes tens of seconds; the check before the first run
+    builds the method without it (the run itself still estimates it)."""
+    import parse_dfl.methods.parse_plus as pp
+    from parse_dfl.data import load_dataset
+    from parse_dfl.experiments.sweep import check_runs
+
+    calls: list[int] = []
+
+    def counted(cfg: Any, ds: Any) -> tuple[tuple[int, int, int], dict[str, float]]:
+        calls.append(1)
+        return (4, 4, 4), {}
+
+    monkeypatch.setattr(pp, "pid_split", counted)
+    sweep = tmp_path / "pid.yaml"
+    sweep.write_text(
+        f"base: {Path('configs/quick.yaml').resolve()}\n"
+        "set: [method.name=parse-plus, method.plus_split=pid]\ngrid: {seed: [0, 1]}\n"
+    )
+    spec = load_sweep(sweep, out=tmp_path / "out")
+    assert check_runs(spec) == [] and calls == []
+    cfg = spec.runs[0].config
+    assert pp.ParsePlusMethod(cfg, load_dataset(cfg.data)).split == (4, 4, 4)
+    assert calls == [1]

@@ -224,7 +224,7 @@ def group_runs(
     variants = variant_keys(runs, [k for k in varying if k not in IGNORED_KEYS])
     for r in runs:
         r.variant = ", ".join(
-            f"{short_key(k)}={show_value(r.flat.get(k, 'null'))}"
+            f"{option_name(k)}={show_value(r.flat.get(k, 'null'))}"
             for k, (m, common) in variants.items()
             if r.base_method == m and r.flat.get(k, "null") != common
         )
@@ -285,7 +285,7 @@ def variant_keys(runs: list[RunRecord], varying: list[str]) -> dict[str, tuple[s
     return out
 
 
-def short_key(key: str) -> str:
+def option_name(key: str) -> str:
     """method.plus_synergy_raw -> plus_synergy_raw: a method's own options need no section."""
     return key.split(".", 1)[1] if key.startswith("method.") else key
 

@@ -286,7 +286,7 @@ def check_runs(sweep: Sweep) -> list[str]:
             agents = partition(data, cfg)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                registry.resolve("method", cfg.method.name, "method.name")(cfg, data)
+                registry.resolve("method", cfg.method.name, "method.name").check(cfg, data)
             for w in caught:
                 text = f"{cfg.method.name}: {w.message}"
                 if text not in notes:

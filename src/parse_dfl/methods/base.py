@@ -52,6 +52,13 @@ class Method(ABC):
         self.input_shapes = {m: ds.input_shape(m) for m in ds.modalities}
         self.n_classes = ds.n_classes
 
+    @classmethod
+    def check(cls, cfg: Config, ds: MultimodalDataset) -> None:
+        """Raise on settings the method refuses and warn on ones it ignores, before anything
+        runs (a sweep checks every run first). The default builds the method; a method whose
+        construction is costly overrides this to check without the cost."""
+        cls(cfg, ds)
+
     @abstractmethod
     def build_model(self, agent: AgentSpec) -> nn.Module:
         """The agent's model; must provide `block_prefixes()` (see models/blocks.py)."""

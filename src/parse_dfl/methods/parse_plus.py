@@ -121,7 +121,8 @@ class ParsePlusMethod(ParseMethod):
         "personal ensemble weights"
     )
 
-    def __init__(self, cfg: Config, ds: MultimodalDataset) -> None:
+    def __init__(self, cfg: Config, ds: MultimodalDataset, estimate_pid: bool = True) -> None:
+        """`estimate_pid` False: a `plus_split: pid` run keeps model.split (for `check`)."""
         super().__init__(cfg, ds)
         self.pid: dict[str, float] = {}
         split = cfg.model.split
@@ -132,8 +133,13 @@ class ParsePlusMethod(ParseMethod):
                 "the s projector reads either the raw input or its own trunk; "
                 "set method.plus_synergy_trunk=0",
             )
-        if cfg.method.plus_split == "pid":
+        if cfg.method.plus_split == "pid" and estimate_pid:
             self.split, self.pid = pid_split(cfg, ds)
+
+    @classmethod
+    def check(cls, cfg: Config, ds: MultimodalDataset) -> None:
+        """Without the PID estimate (tens of seconds per run): it refuses no setting."""
+        cls(cfg, ds, estimate_pid=False)
 
     def build_model(self, agent: AgentSpec) -> nn.Module:
         mc, mo = self.cfg.method, self.cfg.model
