@@ -586,6 +586,13 @@ def test_synergy_fusion_fits_a_modular_sum_where_mean_fusion_cannot(
             "partition.select_fraction=0.25",
             "method.plus_local_head=true",
         ),
+        ("method.plus_private=true", "method.plus_private_choice={acc: private, gyro: mean}"),
+        (
+            "method.plus_private=true",
+            "partition.val_fraction=0.25",
+            "partition.select_from=validation",
+            "method.plus_private_scope=type",
+        ),
     ],
 )
 def test_batched_engine_matches_reference(switches: tuple[str, ...]) -> None:

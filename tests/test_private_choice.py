@@ -119,3 +119,73 @@ def test_the_agents_of_a_type_can_choose_together_on_all_their_held_out_samples(
         best = int(np.argmax(correct))
         want = best if correct[best] > correct[0] else 0
         assert {choice[a.id] for a in members} == {want}, (t, correct)
+
+
+def test_a_tuning_run_can_choose_on_its_validation_samples() -> None:
+    """`partition.select_from: validation`: the choice is scored on the validation samples
+    (nothing is carved out of training), and results.json names it per type, in the form
+    `method.plus_private_choice` takes."""
+    from parse_dfl.experiments.run import choice_by_type
+
+    sets = (*PRIVATE[:2], *PRIVATE[3:], "partition.val_fraction=0.3")
+    engine, res = _run(*sets, "partition.select_from=validation")
+    s = engine.setup
+    plain, _ = _run(*sets)
+    for a, b in zip(s.agents, plain.setup.agents, strict=True):
+        assert np.array_equal(a.train_idx, b.train_idx) and len(a.select_idx) == 0
+        assert np.array_equal(s.select_idx[a.id].numpy(), a.val_idx)
+    choice = res.extra["local_choice"]
+    for a, agent in enumerate(s.agents):
+        model = engine.models[a]
+        held = []
+        for k in range(3):
+            s.method.choose_local(model, k)
+            held.append(
+                accuracy(s.method, model, agent.modalities, s.x, s.y, agent.val_idx, local=True)
+            )
+        best = int(np.argmax(held))
+        assert choice[a] == (best if held[best] > held[0] else 0), (a, held)
+    by_type = choice_by_type(s.agents, choice, s.method.local_names)
+    assert sum(sum(c.values()) for c in by_type.values()) == len(s.agents)
+
+
+def test_a_fixed_choice_per_type_holds_nothing_out_and_changes_only_the_local_protocol() -> None:
+    """`method.plus_private_choice`: every agent of a named type uses that predictor from the
+    first evaluation, the others the ensemble; what is shared trains as without the choice."""
+    sets = (*PRIVATE[:2], *PRIVATE[3:])
+    engine, res = _run(*sets, "method.plus_private_choice={acc: private, acc+gyro: mean}")
+    plain, r_plain = _run(*sets)
+    s = engine.setup
+    want = {"acc": 1, "gyro": 0, "acc+gyro": 2}
+    assert res.extra["local_choice"] == [want[a.type] for a in s.agents]
+    assert r_plain.extra["local_choice"] is None and s.select_idx == []
+    assert res.test_accuracy == r_plain.test_accuracy
+    for a, agent in enumerate(s.agents):
+        same = res.local_test_accuracy[a] == r_plain.local_test_accuracy[a]
+        assert same if agent.type == "gyro" else True
+        s.method.choose_local(engine.models[a], want[agent.type])
+        mine = accuracy(
+            s.method, engine.models[a], agent.modalities, s.x, s.y, s.test_idx[a], local=True
+        )
+        assert res.local_test_accuracy[a] == mine
+
+
+@pytest.mark.parametrize(
+    ("sets", "where", "says"),
+    [
+        (("method.plus_private=false",), "method.plus_private_choice", "plus_private=true"),
+        (("partition.select_fraction=0.2",), "method.plus_private_choice", "select_fraction=0"),
+        (("method.plus_private_choice={magnet: private}",), "method.plus_private_choice", "magnet"),
+    ],
+)
+def test_a_fixed_choice_that_cannot_apply_is_refused(sets, where, says) -> None:
+    base = ("method.name=parse-plus", "method.plus_private=true")
+    cfg = quick_config(*base, "method.plus_private_choice={acc: private}", *sets)
+    with pytest.raises(UserError, match=says) as err:
+        build_setup(cfg)
+    assert err.value.where == where
+
+
+def test_choosing_on_validation_needs_validation_samples() -> None:
+    with pytest.raises(UserError, match="partition.select_from: validation scores"):
+        quick_config("partition.select_from=validation")

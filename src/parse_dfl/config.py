@@ -169,6 +169,12 @@ class PartitionConfig(Section):
         "during training (parse-plus's method.plus_private picks its local-protocol predictor on "
         "them; seeded, class-stratified, taken after validation); nothing trains on them; 0: none",
     )
+    select_from: Literal["train", "validation"] = Field(
+        "train",
+        description="where the samples for those choices come from: carved out of each "
+        "agent's training samples (select_fraction), or its validation samples (a tuning run: "
+        "the choice is then a validation result, to fix with method.plus_private_choice)",
+    )
     samples_per_agent: int | None = Field(
         None, ge=2, description="cap on samples per agent (train + test); default: use all data"
     )
@@ -353,6 +359,12 @@ class MethodConfig(Section):
         "agent",
         description="parse-plus with plus_private: each agent chooses on its own held-out "
         "samples (agent), or the agents of a type choose together on all of theirs (type)",
+    )
+    plus_private_choice: dict[str, Literal["ensemble", "private", "mean"]] = Field(
+        default_factory=dict,
+        description="parse-plus with plus_private: a fixed local-protocol predictor per agent "
+        "type (e.g. {acc: private}; a type not named keeps the ensemble), chosen beforehand on "
+        "validation data (results.json local_choice_by_type): no training samples are held out",
     )
     plus_split: Literal["fixed", "pid"] = Field(
         "fixed",
@@ -545,6 +557,12 @@ class Config(Section):
         options = _check_options(getattr(method, "Options", None), self.method.options)
         if options != self.method.options:
             self.method.options = options  # defaults filled in: results.json records them
+        pc = self.partition
+        if pc.select_from == "validation" and (pc.val_fraction == 0 or pc.select_fraction > 0):
+            raise ValueError(
+                "partition.select_from: validation scores the choices on the validation "
+                "samples: set partition.val_fraction > 0 and partition.select_fraction=0"
+            )
         if self.topology.name == "edge-list" and not self.topology.path:
             raise ValueError("topology.path: edge-list needs a path to the edge file")
         return self

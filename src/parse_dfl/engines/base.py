@@ -198,13 +198,20 @@ class Engine(ABC):
     def choose_local(self) -> list[int] | None:
         """Each agent's local-protocol predictor, chosen by the method (`Method.pick_local`)
         from every candidate's correct predictions on each agent's own held-out samples
-        (partition.select_fraction). None when there is nothing to choose. Only the local
+        (partition.select_fraction or, with partition.select_from: validation, its validation
+        samples), or fixed by the configuration (`Method.fixed_local`). None when there is
+        nothing to choose. Only the local
         protocol is read (the global part is scored on one sample and ignored)."""
         s = self.setup
         n_candidates = s.method.local_candidates()
+        models: list[nn.Module] = self.models  # type: ignore[attr-defined]  # every engine's
+        fixed = s.method.fixed_local(s.agents) if n_candidates > 1 else None
+        if fixed is not None:
+            for a, model in enumerate(models):
+                s.method.choose_local(model, fixed[a])
+            return fixed
         if n_candidates <= 1 or not s.select_idx:
             return None
-        models: list[nn.Module] = self.models  # type: ignore[attr-defined]  # every engine's
         sizes = np.array([len(idx) for idx in s.select_idx])
         correct = []
         for k in range(n_candidates):

@@ -65,8 +65,8 @@ class Setup:
     # for choosing hyperparameters without looking at the test split; empty without one
     val_global: torch.Tensor | None = None
     val_idx: list[torch.Tensor] = field(default_factory=list)
-    # partition.select_fraction > 0: each agent's own held-out samples for the choices a
-    # method makes in training (Method.local_candidates); empty without
+    # partition.select_fraction > 0 (or select_from: validation): each agent's own held-out
+    # samples for the choices a method makes in training (Method.local_candidates)
     select_idx: list[torch.Tensor] = field(default_factory=list)
 
 
@@ -206,6 +206,13 @@ def build_setup(cfg: Config) -> Setup:
     }
     y = torch.from_numpy(data.labels.astype(np.int64)).to(device)
     validating = cfg.partition.val_fraction > 0
+    pc = cfg.partition
+    if pc.select_from == "validation":  # the config checked val_fraction > 0
+        select = [torch.from_numpy(a.val_idx).to(device) for a in agents]
+    elif pc.select_fraction > 0:
+        select = [torch.from_numpy(a.select_idx).to(device) for a in agents]
+    else:
+        select = []
     return Setup(
         cfg=cfg,
         data=data,
@@ -225,11 +232,7 @@ def build_setup(cfg: Config) -> Setup:
             else None
         ),
         val_idx=[torch.from_numpy(a.val_idx).to(device) for a in agents] if validating else [],
-        select_idx=(
-            [torch.from_numpy(a.select_idx).to(device) for a in agents]
-            if cfg.partition.select_fraction > 0
-            else []
-        ),
+        select_idx=select,
     )
 
 

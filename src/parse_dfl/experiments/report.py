@@ -107,13 +107,15 @@ ADDED_LATER = {
     "method.plus_cross": "0.0",
     "method.plus_adversary": "0.0",
     "method.plus_synergy_trunk": "0",
-    "method.plus_synergy_raw": "false",
     "method.plus_local_head": "false",
     "method.plus_local_hidden": "0",
     "method.plus_private": "false",
     "method.plus_private_margin": "0.0",
     "method.plus_private_scope": '"agent"',
     "partition.select_fraction": "0.0",
+    "partition.select_from": '"train"',
+    "method.plus_private_choice": "{}",
+    "method.plus_synergy_raw": "false",
 }
 
 

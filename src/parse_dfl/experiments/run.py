@@ -31,6 +31,7 @@ from torch import nn
 
 from parse_dfl import registry
 from parse_dfl.config import Config, build_config
+from parse_dfl.data.partition import AgentSpec
 from parse_dfl.diagnostics.missing import missing_modality
 from parse_dfl.engines.base import CHECKPOINT
 from parse_dfl.engines.setup import Setup, build_models, build_setup
@@ -208,6 +209,18 @@ def _retire_finished(out: Path, log: MetricsLog | None = None) -> None:
         log.commit()
 
 
+def choice_by_type(
+    agents: list[AgentSpec], choice: list[int], names: tuple[str, ...]
+) -> dict[str, dict[str, int]]:
+    """Agent type -> how many of its agents use each local-protocol predictor at the end:
+    with one name per type, what `method.plus_private_choice` takes ({acc: private})."""
+    out: dict[str, dict[str, int]] = {}
+    for a, k in zip(agents, choice, strict=True):
+        counts = out.setdefault(a.type, {})
+        counts[names[k]] = counts.get(names[k], 0) + 1
+    return out
+
+
 def add_validation(
     results: dict[str, Any], glob: list[float], loc: list[float], setup: Setup
 ) -> None:
@@ -324,6 +337,9 @@ def run(
         **res.extra,
         "config": cfg.model_dump(mode="json"),
     }
+    choice = res.extra.get("local_choice")
+    if choice is not None and setup.method.local_names:
+        results["local_choice_by_type"] = choice_by_type(agents, choice, setup.method.local_names)
     if res.val_accuracy is not None and res.val_local_accuracy is not None:
         add_validation(results, res.val_accuracy, res.val_local_accuracy, setup)
     multimodal = any(len(a.modalities) > 1 for a in agents)

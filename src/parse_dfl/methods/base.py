@@ -77,6 +77,10 @@ class Method(ABC):
         engine scores the local protocol with this and the global one with `logits`."""
         return self.logits(model, x)
 
+    local_names: ClassVar[tuple[str, ...]] = ()
+    """Names of the local-protocol candidates, in `choose_local`'s order (results.json's
+    `local_choice_by_type`); empty when the method has one predictor."""
+
     def local_candidates(self) -> int:
         """How many local-protocol predictors an agent can choose among (`choose_local`). With
         more than one and held-out samples (partition.select_fraction), every engine scores
@@ -90,6 +94,11 @@ class Method(ABC):
         """Each agent's candidate, from `correct` (candidates x agents: correct predictions
         on each agent's held-out samples, of `sizes`): the most accurate, the first of equals."""
         return [int(k) for k in np.argmax(correct, axis=0)]
+
+    def fixed_local(self, agents: list[AgentSpec]) -> list[int] | None:
+        """Each agent's candidate when the configuration fixes it (no held-out samples are
+        read); None: chosen on held-out samples, or nothing to choose."""
+        return None
 
     def choose_local(self, model: nn.Module, candidate: int) -> None:
         """Make `local_logits` use predictor `candidate` (0 = the method's plain one); kept in

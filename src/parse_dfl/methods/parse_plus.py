@@ -42,7 +42,7 @@ from torch.nn import functional as F
 
 from parse_dfl.config import Config
 from parse_dfl.data.base import MultimodalDataset
-from parse_dfl.data.partition import AgentSpec
+from parse_dfl.data.partition import AgentSpec, parse_mix
 from parse_dfl.errors import UserError
 from parse_dfl.methods.base import Share, SharePlan
 from parse_dfl.methods.disentangle import (
@@ -116,6 +116,7 @@ def auto_projector_hidden(width: int, split: tuple[int, int, int]) -> int:
 
 class ParsePlusMethod(ParseMethod):
     name = "parse-plus"
+    local_names = ("ensemble", "private", "mean")  # ParsePlusModel.choice's values
     description = (
         "PARSE-plus: per-slice projectors, disentangling losses, interaction fusion, "
         "personal ensemble weights"
@@ -133,6 +134,22 @@ class ParsePlusMethod(ParseMethod):
                 "the s projector reads either the raw input or its own trunk; "
                 "set method.plus_synergy_trunk=0",
             )
+        fixed = cfg.method.plus_private_choice
+        if fixed:
+            types = {"+".join(m) for m, _ in parse_mix(cfg.agents.mix, list(ds.modalities))}
+            why = (
+                "needs method.plus_private=true"
+                if not cfg.method.plus_private
+                else f"'{next(iter(set(fixed) - types))}' is not an agent type of the mix "
+                f"({', '.join(sorted(types))})"
+                if set(fixed) - types
+                else "is fixed, so no samples are held out for it: set "
+                "partition.select_fraction=0 and partition.select_from=train"
+                if cfg.partition.select_fraction > 0 or cfg.partition.select_from != "train"
+                else ""
+            )
+            if why:
+                raise UserError("method.plus_private_choice", why)
         if cfg.method.plus_split == "pid" and estimate_pid:
             self.split, self.pid = pid_split(cfg, ds)
 
@@ -342,6 +359,14 @@ class ParsePlusMethod(ParseMethod):
         return [
             int(k) if g > mc.plus_private_margin else 0 for k, g in zip(best, gain, strict=True)
         ]
+
+    def fixed_local(self, agents: list[AgentSpec]) -> list[int] | None:
+        """`method.plus_private_choice`: each agent's type's predictor (the ensemble if its
+        type is not named)."""
+        fixed = self.cfg.method.plus_private_choice
+        if not fixed or not self.cfg.method.plus_private:
+            return None
+        return [self.local_names.index(fixed.get(a.type, "ensemble")) for a in agents]
 
     def choose_local(self, model: nn.Module, candidate: int) -> None:
         assert isinstance(model, ParsePlusModel)
