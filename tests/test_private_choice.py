@@ -186,6 +186,17 @@ def test_a_fixed_choice_that_cannot_apply_is_refused(sets, where, says) -> None:
     assert err.value.where == where
 
 
+def test_a_method_that_chooses_nothing_is_told_validation_scores_nothing() -> None:
+    with pytest.warns(RuntimeWarning, match="makes no choice"):
+        build_setup(
+            quick_config(
+                "method.name=parse",
+                "partition.val_fraction=0.2",
+                "partition.select_from=validation",
+            )
+        )
+
+
 def test_choosing_on_validation_needs_validation_samples() -> None:
     with pytest.raises(UserError, match="partition.select_from: validation scores"):
         quick_config("partition.select_from=validation")

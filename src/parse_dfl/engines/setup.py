@@ -189,6 +189,13 @@ def build_setup(cfg: Config) -> Setup:
     _check_batch_size(cfg, agents)
     # through the registry: engines never import the methods (the registry loads them now)
     method: Method = registry.resolve("method", cfg.method.name, "method.name")(cfg, data)
+    if cfg.partition.select_from == "validation" and method.local_candidates() <= 1:
+        warnings.warn(
+            f"partition.select_from=validation: method '{cfg.method.name}' makes no choice "
+            "to score there (only choices such as parse-plus's method.plus_private do)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     if cfg.partition.select_fraction > 0 and method.local_candidates() <= 1:
         warnings.warn(
             f"partition.select_fraction={cfg.partition.select_fraction} holds out training "
