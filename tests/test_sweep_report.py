@@ -467,3 +467,17 @@ def test_checking_a_sweep_does_not_estimate_the_pid(tmp_path, monkeypatch) -> No
     cfg = spec.runs[0].config
     assert pp.ParsePlusMethod(cfg, load_dataset(cfg.data)).split == (4, 4, 4)
     assert calls == [1]
+
+
+def test_a_report_without_group_figures_keeps_its_tables(tmp_path) -> None:
+    for seed in (0, 1):
+        for fusion in ("mean", "gated"):
+            _fake_run(tmp_path, "parse", seed, fusion, 0.8)
+            _fake_run(tmp_path, "local", seed, fusion, 0.9)
+    assert main(["report", str(tmp_path), "--no-tsne", "--no-group-figures"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "### model.fusion = gated" in text and "| local | 2 |" in text
+    assert "## Accuracy for the bytes spent" in text
+    figures = {p.name for p in (tmp_path / "figures").glob("*.png")}
+    assert not any(n.startswith(("curves_", "by_type_", "bytes_")) for n in figures)
+    assert "vs_model.fusion.png" in figures

@@ -411,6 +411,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         figures=args.figures,
         pid=not args.no_pid,
         final_last=args.final_last,
+        group_figures=not args.no_group_figures,
     )
     print(f"report: {path}")
     return 0
@@ -628,6 +629,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="report file (default DIR/report.md); figures go to DIR/figures")
     rp.add_argument("--figures", help="folder for the PNG figures (default DIR/figures)")
     rp.add_argument("--no-tsne", action="store_true", help="skip the t-SNE of PARSE's slices")
+    rp.add_argument(
+        "--no-group-figures",
+        action="store_true",
+        help="no curves, bars or bytes figure per table (a report of many tables stays small)",
+    )
     rp.add_argument(
         "--no-pid", action="store_true", help="skip the dataset PID and the slice probes"
     )

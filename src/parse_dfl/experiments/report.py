@@ -531,10 +531,12 @@ def write_report(
     figures: str | Path | None = None,
     pid: bool = True,
     final_last: int = 1,
+    group_figures: bool = True,
 ) -> Path:
     """Write report.md (or `out`) and the figures (under `root`/figures, or `figures`);
     returns the report's path. `final_last` > 1: every final accuracy in the tables is the
-    mean of the run's last `final_last` evaluations."""
+    mean of the run's last `final_last` evaluations. `group_figures` False: no curves, bars
+    or bytes figure per table (a report of many tables stays small; the tables stay)."""
     from parse_dfl.experiments import plots
     from parse_dfl.experiments.convergence import smooth_finals
 
@@ -610,6 +612,8 @@ def write_report(
             sentence = gap_sentence(t)
             gaps_summary.append(f"{sentence[:2]}[{label}] {sentence[2:]}")
         md += _cost_table(runs)
+        if not group_figures:
+            continue
         cur = plots.curves_figure(
             {m: [r for r in runs if r.method == m] for m in method_order({r.method for r in runs})},
             fig_dir / f"curves_{gslug}.png",
@@ -628,7 +632,7 @@ def write_report(
     if len(groups) > 1:
         md += _overview(col, groups)
     md += _paired_section(col, groups)
-    md += _bytes_section(col, groups, fig_dir, here)
+    md += _bytes_section(col, groups, fig_dir if group_figures else None, here)
     md += _convergence_section(col, groups)
     md += _missing_section(col, groups)
 
@@ -1250,8 +1254,9 @@ def byte_budget(runs: list[RunRecord]) -> tuple[float | None, str | None]:
     return spent[who], who
 
 
-def _bytes_section(col: Collection, groups: list, fig_dir: Path, here: Path) -> list[str]:
-    """Per setting: accuracy against cumulative bytes per agent, and accuracy at equal bytes."""
+def _bytes_section(col: Collection, groups: list, fig_dir: Path | None, here: Path) -> list[str]:
+    """Per setting: accuracy against cumulative bytes per agent, and accuracy at equal bytes
+    (`fig_dir` None: the tables without the figures)."""
     from parse_dfl.experiments import plots
 
     md = ["## Accuracy for the bytes spent", ""]
@@ -1268,11 +1273,15 @@ def _bytes_section(col: Collection, groups: list, fig_dir: Path, here: Path) -> 
         label = group_label(col, group)
         budget, cheapest = byte_budget(runs)
         methods = method_order({r.method for r in runs})
-        path = plots.bytes_figure(
-            {m: [r for r in runs if r.method == m] for m in methods},
-            fig_dir / f"bytes_{group_slug(col, group)}.png",
-            budget,
-            title=label,
+        path = (
+            plots.bytes_figure(
+                {m: [r for r in runs if r.method == m] for m in methods},
+                fig_dir / f"bytes_{group_slug(col, group)}.png",
+                budget,
+                title=label,
+            )
+            if fig_dir is not None
+            else None
         )
         if col.group_keys:
             md += [f"**{label}**", ""]
