@@ -134,24 +134,31 @@ class ParsePlusMethod(ParseMethod):
                 "the s projector reads either the raw input or its own trunk; "
                 "set method.plus_synergy_trunk=0",
             )
-        fixed = cfg.method.plus_private_choice
-        if fixed:
-            types = {"+".join(m) for m, _ in parse_mix(cfg.agents.mix, list(ds.modalities))}
-            why = (
-                "needs method.plus_private=true"
-                if not cfg.method.plus_private
-                else f"'{next(iter(set(fixed) - types))}' is not an agent type of the mix "
-                f"({', '.join(sorted(types))})"
-                if set(fixed) - types
-                else "is fixed, so no samples are held out for it: set "
-                "partition.select_fraction=0 and partition.select_from=train"
-                if cfg.partition.select_fraction > 0 or cfg.partition.select_from != "train"
-                else ""
-            )
-            if why:
-                raise UserError("method.plus_private_choice", why)
+        self._check_private_choice(cfg, ds)
         if cfg.method.plus_split == "pid" and estimate_pid:
             self.split, self.pid = pid_split(cfg, ds)
+
+    @staticmethod
+    def _check_private_choice(cfg: Config, ds: MultimodalDataset) -> None:
+        """A fixed choice needs a private model, names agent types of the mix, and leaves no
+        samples held out for a choice it does not make."""
+        fixed = cfg.method.plus_private_choice
+        if not fixed:
+            return
+        types = {"+".join(m) for m, _ in parse_mix(cfg.agents.mix, list(ds.modalities))}
+        unknown = sorted(set(fixed) - types)
+        if not cfg.method.plus_private:
+            why = "needs method.plus_private=true"
+        elif unknown:
+            why = f"'{unknown[0]}' is not an agent type of the mix ({', '.join(sorted(types))})"
+        elif cfg.partition.select_fraction > 0 or cfg.partition.select_from != "train":
+            why = (
+                "is fixed, so no samples are held out for it: set "
+                "partition.select_fraction=0 and partition.select_from=train"
+            )
+        else:
+            return
+        raise UserError("method.plus_private_choice", why)
 
     @classmethod
     def check(cls, cfg: Config, ds: MultimodalDataset) -> None:
@@ -363,8 +370,8 @@ class ParsePlusMethod(ParseMethod):
     def fixed_local(self, agents: list[AgentSpec]) -> list[int] | None:
         """`method.plus_private_choice`: each agent's type's predictor (the ensemble if its
         type is not named)."""
-        fixed = self.cfg.method.plus_private_choice
-        if not fixed or not self.cfg.method.plus_private:
+        fixed = self.cfg.method.plus_private_choice  # checked: only with a private model
+        if not fixed:
             return None
         return [self.local_names.index(fixed.get(a.type, "ensemble")) for a in agents]
 
